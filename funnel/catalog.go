@@ -1,0 +1,200 @@
+package funnel
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// ProfileExt is the file name ending of a profile file: NAME.profile.
+const ProfileExt = ".profile"
+
+var profileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// Catalog finds profile sources in order of precedence (the user's
+// directory, the system directory, built-ins) and holds the current compiled
+// set. Reload swaps in a new set atomically, or keeps the old one on error.
+type Catalog struct {
+	Dirs     []string // highest precedence first
+	Builtins fs.FS    // NAME.profile files compiled into the binary
+
+	mu  sync.Mutex // serialises reloads
+	cur atomic.Pointer[Set]
+}
+
+// DefaultDirs are $XDG_CONFIG_HOME/funtun/profiles (or
+// ~/.config/funtun/profiles) and /etc/funtun/profiles; FUNTUN_PROFILE_PATH,
+// colon-separated, replaces both.
+func DefaultDirs() []string {
+	if p := os.Getenv("FUNTUN_PROFILE_PATH"); p != "" {
+		return filepath.SplitList(p)
+	}
+	var dirs []string
+	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" {
+		dirs = append(dirs, filepath.Join(x, "funtun", "profiles"))
+	} else if h, err := os.UserHomeDir(); err == nil {
+		dirs = append(dirs, filepath.Join(h, ".config", "funtun", "profiles"))
+	}
+	return append(dirs, "/etc/funtun/profiles")
+}
+
+// Sources reads every profile source; a name found earlier shadows later ones.
+// Unreadable files are errors; a missing directory is not.
+func (c *Catalog) Sources() ([]Source, error) {
+	seen := map[string]bool{}
+	var out []Source
+	var errs []error
+	add := func(name, origin, text string) {
+		if seen[name] {
+			return
+		}
+		seen[name] = true
+		out = append(out, Source{Name: name, Origin: origin, Text: text})
+	}
+	for _, dir := range c.Dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("%s: cannot read profile directory: %v", dir, err))
+			}
+			continue
+		}
+		for _, e := range entries {
+			n := e.Name()
+			if e.IsDir() || !strings.HasSuffix(n, ProfileExt) {
+				continue
+			}
+			name := strings.TrimSuffix(n, ProfileExt)
+			path := filepath.Join(dir, n)
+			if !profileName.MatchString(name) {
+				errs = append(errs, fmt.Errorf("%s: %q is not a usable profile name (letters, digits, '.', '_', '-')", path, name))
+				continue
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %v", path, err))
+				continue
+			}
+			add(name, path, string(data))
+		}
+	}
+	if c.Builtins != nil {
+		entries, _ := fs.ReadDir(c.Builtins, ".")
+		names := make([]string, 0, len(entries))
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			if !strings.HasSuffix(n, ProfileExt) {
+				continue
+			}
+			data, err := fs.ReadFile(c.Builtins, n)
+			if err != nil {
+				continue
+			}
+			add(strings.TrimSuffix(n, ProfileExt), "built-in", string(data))
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Load compiles every profile and makes the result current. On any error
+// the current set (if any) stays, and the error names every problem.
+func (c *Catalog) Load() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	srcs, err := c.Sources()
+	if err != nil {
+		return err
+	}
+	set, err := CompileSet(srcs)
+	if err != nil {
+		return err
+	}
+	if old := c.cur.Swap(set); old != nil {
+		old.retire()
+	}
+	return nil
+}
+
+// Current is the set in force.
+func (c *Catalog) Current() *Set { return c.cur.Load() }
+
+// Selector is how a command names the profile for its flows: profile=NAME
+// or chain='…'. The zero Selector means the default profile, "direct".
+type Selector struct {
+	Profile string
+	Chain   string
+}
+
+func (s Selector) String() string {
+	if s.Chain != "" {
+		return "chain=" + quote(s.Chain)
+	}
+	if s.Profile != "" {
+		return "profile=" + s.Profile
+	}
+	return "profile=direct"
+}
+
+// TakeSelector removes profile=… and chain=… words from args, in the seed's
+// key=value style, and returns what is left.
+func TakeSelector(args []string) (Selector, []string, error) {
+	var sel Selector
+	var rest []string
+	for _, a := range args {
+		switch {
+		case strings.HasPrefix(a, "profile="):
+			sel.Profile = strings.TrimPrefix(a, "profile=")
+			if sel.Profile == "" {
+				return sel, nil, fmt.Errorf("profile= needs a name (see `funtun profiles`)")
+			}
+		case strings.HasPrefix(a, "chain="):
+			sel.Chain = strings.TrimPrefix(a, "chain=")
+			if strings.TrimSpace(sel.Chain) == "" {
+				return sel, nil, fmt.Errorf("chain= needs pieces, e.g. chain='tls sni=example.org'")
+			}
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if sel.Profile != "" && sel.Chain != "" {
+		return sel, nil, fmt.Errorf("give profile=NAME or chain='…', not both")
+	}
+	return sel, rest, nil
+}
+
+// Resolve finds the pipeline a selector names in the current set.
+func (c *Catalog) Resolve(sel Selector) (*Pipeline, error) {
+	set := c.Current()
+	if set == nil {
+		return nil, fmt.Errorf("no profiles loaded")
+	}
+	if sel.Chain != "" {
+		return set.Chain(sel.Chain)
+	}
+	name := sel.Profile
+	if name == "" {
+		name = "direct"
+	}
+	pl, ok := set.Profile(name)
+	if !ok {
+		return nil, fmt.Errorf("no profile named %q: put it in %s (see `funtun profiles` for the known ones)", name, filepath.Join(firstOr(c.Dirs, "~/.config/funtun/profiles"), name+ProfileExt))
+	}
+	return pl, nil
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}

@@ -1,0 +1,441 @@
+package funnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Pipeline is a compiled profile: configured pieces from the app side to
+// the network side, shapes checked. It is immutable; a reload builds new ones
+// and flows in progress keep the pipeline they started with.
+type Pipeline struct {
+	Name   string
+	Origin string // file path, "built-in" or "chain"
+	Specs  []PieceSpec
+	pieces []Piece
+	links  []link
+	top    ShapeSet
+	refs   []*ProfileRef
+	set    *Set
+}
+
+type link struct {
+	pl *Pipeline
+	i  int
+}
+
+func (l *link) DialStream(ctx context.Context, f *Flow) (net.Conn, error) {
+	d, ok := l.pl.pieces[l.i].(StreamDialer)
+	if !ok {
+		return nil, Errorf(KindNotSupported, "profile %s: piece %q does not carry streams", l.pl.Name, l.pl.Specs[l.i].Name)
+	}
+	return d.DialStream(ctx, f, l.next())
+}
+
+func (l *link) DialDgram(ctx context.Context, f *Flow) (DgramConn, error) {
+	d, ok := l.pl.pieces[l.i].(DgramDialer)
+	if !ok {
+		return nil, Errorf(KindNotSupported, "profile %s: piece %q does not carry datagrams", l.pl.Name, l.pl.Specs[l.i].Name)
+	}
+	return d.DialDgram(ctx, f, l.next())
+}
+
+func (l *link) next() Next {
+	if l.i+1 < len(l.pl.links) {
+		return &l.pl.links[l.i+1]
+	}
+	return endOfChain{}
+}
+
+// endOfChain is below a Kernel edge; the compiler makes sure nobody dials it.
+type endOfChain struct{}
+
+func (endOfChain) DialStream(context.Context, *Flow) (net.Conn, error) {
+	return nil, Errorf(KindGeneral, "chain ends here: nothing below a kernel edge")
+}
+func (endOfChain) DialDgram(context.Context, *Flow) (DgramConn, error) {
+	return nil, Errorf(KindGeneral, "chain ends here: nothing below a kernel edge")
+}
+
+// Accepts reports whether flows entering with shape s can be carried.
+func (pl *Pipeline) Accepts(s Shape) bool { return pl.top.Has(s) }
+
+// Shapes lists what the profile carries at its app edge.
+func (pl *Pipeline) Shapes() ShapeSet { return pl.top }
+
+// Pieces gives the configured pieces, app side first.
+func (pl *Pipeline) Pieces() []Piece { return pl.pieces }
+
+func (pl *Pipeline) shapeErr(s Shape) error {
+	return Errorf(KindNotSupported, "profile %s carries %s flows, not %s", pl.Name, pl.top, s)
+}
+
+// DialStream opens an outgoing stream flow through the whole chain.
+func (pl *Pipeline) DialStream(ctx context.Context, f *Flow) (net.Conn, error) {
+	if !pl.Accepts(Stream) {
+		return nil, pl.shapeErr(Stream)
+	}
+	if f.Profile == "" {
+		f.Profile = pl.Name
+	}
+	return pl.links[0].DialStream(ctx, f)
+}
+
+// DialDgram opens an outgoing datagram flow through the whole chain.
+func (pl *Pipeline) DialDgram(ctx context.Context, f *Flow) (DgramConn, error) {
+	if !pl.Accepts(Dgram) {
+		return nil, pl.shapeErr(Dgram)
+	}
+	if f.Profile == "" {
+		f.Profile = pl.Name
+	}
+	return pl.links[0].DialDgram(ctx, f)
+}
+
+// AcceptStream carries an incoming stream up through the pieces, from the
+// network end to the app end; pieces without StreamAcceptor pass it through.
+func (pl *Pipeline) AcceptStream(ctx context.Context, f *Flow, conn net.Conn) (net.Conn, error) {
+	if !pl.Accepts(Stream) {
+		return nil, pl.shapeErr(Stream)
+	}
+	if f.Profile == "" {
+		f.Profile = pl.Name
+	}
+	f.Inbound = true
+	for i := len(pl.pieces) - 1; i >= 0; i-- {
+		a, ok := pl.pieces[i].(StreamAcceptor)
+		if !ok {
+			continue
+		}
+		c, err := a.AcceptStream(ctx, f, conn)
+		if err != nil {
+			return nil, fmt.Errorf("piece %s: %w", pl.Specs[i].Name, err)
+		}
+		conn = c
+	}
+	return conn, nil
+}
+
+// String is the compiled chain in chain syntax, implicit pieces included.
+func (pl *Pipeline) String() string {
+	parts := make([]string, len(pl.Specs))
+	for i, s := range pl.Specs {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, " | ")
+}
+
+// Handoff is returned by a terminal piece instead of a connection when the
+// flow asked for it (Flow.Handoff) and the profile leaves the bytes alone:
+// the hook then connects the application's own socket to Addr and no relay
+// runs at all.
+type Handoff struct {
+	net.Conn // always nil; only here so Handoff can travel as a net.Conn
+	Addr     netip.AddrPort
+}
+
+// ProfileRef is a reference from one profile to another (route), resolved
+// within the same compiled set so that a reload swaps both together.
+type ProfileRef struct {
+	Name string
+	set  *Set
+}
+
+// Pipeline returns the referenced profile.
+func (r *ProfileRef) Pipeline() *Pipeline { return r.set.profiles[r.Name] }
+
+// Source is a profile's text and where it came from.
+type Source struct {
+	Name   string
+	Origin string // file path or "built-in"
+	Text   string
+}
+
+// Set is one generation of compiled profiles.
+type Set struct {
+	profiles map[string]*Pipeline
+	sources  map[string]Source
+	order    []string
+	chains   sync.Map // inline chain text -> *Pipeline or error
+	active   atomic.Int64
+	retired  atomic.Bool
+	once     sync.Once
+}
+
+type builder struct {
+	set     *Set
+	sources map[string]Source
+	pl      *Pipeline
+}
+
+func (b *builder) Ref(name string) (*ProfileRef, error) {
+	if _, ok := b.sources[name]; !ok {
+		return nil, fmt.Errorf("no profile named %q (see `funtun profiles`)", name)
+	}
+	r := &ProfileRef{Name: name, set: b.set}
+	b.pl.refs = append(b.pl.refs, r)
+	return r, nil
+}
+
+// CompileSet compiles every source; the error lists every profile that
+// failed, one line each, and no set is returned then.
+func CompileSet(sources []Source) (*Set, error) {
+	s := &Set{profiles: map[string]*Pipeline{}, sources: map[string]Source{}}
+	for _, src := range sources {
+		if _, dup := s.sources[src.Name]; !dup {
+			s.order = append(s.order, src.Name)
+		}
+		s.sources[src.Name] = src
+	}
+	var errs []error
+	for _, name := range s.order {
+		src := s.sources[name]
+		pl, err := compile(s, src.Name, src.Origin, src.Origin, src.Text)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.profiles[name] = pl
+	}
+	if len(errs) == 0 {
+		errs = append(errs, s.checkLoops()...)
+	}
+	if len(errs) > 0 {
+		s.closePieces()
+		return nil, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+func (s *Set) checkLoops() []error {
+	const (
+		unseen = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	var errs []error
+	var visit func(name string, path []string)
+	visit = func(name string, path []string) {
+		switch state[name] {
+		case visiting:
+			errs = append(errs, fmt.Errorf("%s: profiles refer to each other in a loop: %s", s.sources[name].Origin, strings.Join(append(path, name), " -> ")))
+			return
+		case done:
+			return
+		}
+		state[name] = visiting
+		if pl := s.profiles[name]; pl != nil {
+			for _, r := range pl.refs {
+				visit(r.Name, append(path, name))
+			}
+		}
+		state[name] = done
+	}
+	for _, name := range s.order {
+		visit(name, nil)
+	}
+	return errs
+}
+
+// Chain compiles an inline chain against this set (so route can name the
+// set's profiles); the result is cached per set.
+func (s *Set) Chain(text string) (*Pipeline, error) {
+	if v, ok := s.chains.Load(text); ok {
+		if err, isErr := v.(error); isErr {
+			return nil, err
+		}
+		return v.(*Pipeline), nil
+	}
+	// No loop check needed: no profile can refer back to an inline chain.
+	pl, err := compile(s, "chain", "chain", "chain", text)
+	if err != nil {
+		s.chains.Store(text, err)
+		return nil, err
+	}
+	s.chains.Store(text, pl)
+	return pl, nil
+}
+
+// Profile finds a compiled profile by name.
+func (s *Set) Profile(name string) (*Pipeline, bool) {
+	pl, ok := s.profiles[name]
+	return pl, ok
+}
+
+// Names lists the profiles in the order their sources were given.
+func (s *Set) Names() []string { return s.order }
+
+// Source returns where a profile came from.
+func (s *Set) Source(name string) Source { return s.sources[name] }
+
+func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
+	specs, err := ParseChain(file, text)
+	if err != nil {
+		return nil, err
+	}
+	pl := &Pipeline{Name: name, Origin: origin, set: s}
+	b := &builder{set: s, sources: s.sources, pl: pl}
+	build := func(spec PieceSpec) (Piece, error) {
+		info, ok := Lookup(spec.Name)
+		if !ok {
+			return nil, &PosError{spec.Pos, fmt.Sprintf("unknown piece %q (known: %s)", spec.Name, knownPieces())}
+		}
+		params := &Params{Piece: spec.Name, Pos: spec.Pos, list: spec.Params}
+		p, err := info.New(params, b)
+		if err != nil {
+			var pe *PosError
+			if errors.As(err, &pe) {
+				return nil, err
+			}
+			return nil, &PosError{spec.Pos, fmt.Sprintf("piece %q: %v", spec.Name, err)}
+		}
+		if x := params.unused(); x != nil {
+			closePiece(p)
+			return nil, &PosError{x.Pos, fmt.Sprintf("piece %q has no parameter %q (see `funtun pieces %s`)", spec.Name, x.Key, spec.Name)}
+		}
+		if err := checkImplements(spec.Name, p); err != nil {
+			closePiece(p)
+			return nil, &PosError{spec.Pos, err.Error()}
+		}
+		return p, nil
+	}
+	fail := func(err error) (*Pipeline, error) {
+		for _, p := range pl.pieces {
+			closePiece(p)
+		}
+		return nil, err
+	}
+	for _, spec := range specs {
+		p, err := build(spec)
+		if err != nil {
+			return fail(err)
+		}
+		pl.pieces = append(pl.pieces, p)
+		pl.Specs = append(pl.Specs, spec)
+	}
+	// A chain whose last piece needs a network below it ends in direct.
+	last := pl.pieces[len(pl.pieces)-1]
+	needsNet := false
+	for _, c := range last.Curves() {
+		if c.Net != Kernel {
+			needsNet = true
+		}
+	}
+	if needsNet {
+		end := Pos{File: file, Line: specs[len(specs)-1].Pos.Line, Col: specs[len(specs)-1].Pos.Col}
+		spec := PieceSpec{Name: "direct", Pos: end}
+		p, err := build(spec)
+		if err != nil {
+			return fail(&PosError{end, "the chain needs a network below its last piece, and no `direct` piece is built in"})
+		}
+		pl.pieces = append(pl.pieces, p)
+		pl.Specs = append(pl.Specs, spec)
+	}
+	var firstErr error
+	for _, top := range []Shape{Stream, Dgram} {
+		if err := pl.walk(top); err != nil {
+			if firstErr == nil && AppShapes(pl.pieces[0].Curves()).Has(top) {
+				firstErr = err
+			}
+			continue
+		}
+		pl.top = append(pl.top, top)
+	}
+	if len(pl.top) == 0 {
+		if firstErr == nil {
+			firstErr = &PosError{specs[0].Pos, fmt.Sprintf("piece %q carries neither streams nor datagrams", specs[0].Name)}
+		}
+		return fail(firstErr)
+	}
+	pl.links = make([]link, len(pl.pieces))
+	for i := range pl.links {
+		pl.links[i] = link{pl: pl, i: i}
+	}
+	return pl, nil
+}
+
+// walk follows one top shape down the chain, joint by joint.
+func (pl *Pipeline) walk(top Shape) error {
+	cur := top
+	for i, p := range pl.pieces {
+		spec := pl.Specs[i]
+		var next Shape
+		found := false
+		for _, c := range p.Curves() {
+			if c.App == cur {
+				next, found = c.Net, true
+				break
+			}
+		}
+		if !found {
+			if i == 0 {
+				return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, the hook offers %s", spec.Name, AppShapes(p.Curves()), cur)}
+			}
+			return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, piece %q offers %s", spec.Name, AppShapes(p.Curves()), pl.Specs[i-1].Name, cur)}
+		}
+		if next == Kernel && i < len(pl.pieces)-1 {
+			after := pl.Specs[i+1]
+			return &PosError{after.Pos, fmt.Sprintf("piece %q follows piece %q, which already ends the chain (its edge \"net\" is the network itself)", after.Name, spec.Name)}
+		}
+		cur = next
+	}
+	return nil
+}
+
+func knownPieces() string {
+	var names []string
+	for _, i := range Pieces() {
+		names = append(names, i.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func closePiece(p Piece) {
+	if c, ok := p.(Closer); ok {
+		c.Close()
+	}
+}
+
+// Hold marks a flow as using this pipeline's set; call the returned func
+// when the flow ends, so a retired set closes its pieces after its last flow.
+func (pl *Pipeline) Hold() (release func()) {
+	s := pl.set
+	s.active.Add(1)
+	return func() {
+		if s.active.Add(-1) == 0 && s.retired.Load() {
+			s.closePieces()
+		}
+	}
+}
+
+func (s *Set) retire() {
+	s.retired.Store(true)
+	if s.active.Load() == 0 {
+		s.closePieces()
+	}
+}
+
+func (s *Set) closePieces() {
+	s.once.Do(func() {
+		for _, pl := range s.profiles {
+			for _, p := range pl.pieces {
+				closePiece(p)
+			}
+		}
+		s.chains.Range(func(_, v any) bool {
+			if pl, ok := v.(*Pipeline); ok {
+				for _, p := range pl.pieces {
+					closePiece(p)
+				}
+			}
+			return true
+		})
+	})
+}

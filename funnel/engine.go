@@ -1,0 +1,119 @@
+package funnel
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Engine is what hooks talk to: it resolves a selector to a compiled
+// pipeline, carries flows through it, and logs each flow once at its end.
+type Engine struct {
+	Catalog *Catalog
+	Log     *slog.Logger
+}
+
+// NewEngine loads the catalog; the error names every broken profile.
+func NewEngine(c *Catalog, log *slog.Logger) (*Engine, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{Catalog: c, Log: log}
+	return e, c.Load()
+}
+
+// Reload recompiles all profiles; on error the old set stays in force and
+// the error is logged and returned.
+func (e *Engine) Reload() error {
+	if err := e.Catalog.Load(); err != nil {
+		e.Log.Error("reload failed; keeping the profiles in force", "err", err)
+		return err
+	}
+	e.Log.Info("profiles reloaded", "profiles", len(e.Catalog.Current().Names()))
+	return nil
+}
+
+// Resolve finds the pipeline for a selector in the current set.
+func (e *Engine) Resolve(sel Selector) (*Pipeline, error) { return e.Catalog.Resolve(sel) }
+
+// NewFlow makes a flow whose log lines carry its id.
+func (e *Engine) NewFlow(hook string, network Network, dest Addr) *Flow {
+	f := NewFlow(hook, network, dest)
+	f.Log = e.Log.With("flow", f.ID)
+	return f
+}
+
+// ServeStream carries an outgoing stream flow: it dials through the
+// pipeline, then relays between client and the chain until both sides end.
+// The flow is logged once at its end. The returned error is the dial error
+// (for the hook to report in its own language), or the relay's.
+func (e *Engine) ServeStream(ctx context.Context, f *Flow, pl *Pipeline, client net.Conn) error {
+	release := pl.Hold()
+	defer release()
+	up, err := pl.DialStream(ctx, f)
+	if err != nil {
+		client.Close()
+		e.End(f, err)
+		return err
+	}
+	err = Relay(client, up, f.Up, f.Down)
+	e.End(f, err)
+	return err
+}
+
+// ServeInbound carries an incoming stream flow: netConn came from the
+// network, travels up through the pieces (a TLS server, say), and is relayed
+// to the application that dialApp reaches.
+func (e *Engine) ServeInbound(ctx context.Context, f *Flow, pl *Pipeline, netConn net.Conn, dialApp func(context.Context) (net.Conn, error)) error {
+	release := pl.Hold()
+	defer release()
+	appSide, err := pl.AcceptStream(ctx, f, netConn)
+	if err != nil {
+		netConn.Close()
+		e.End(f, err)
+		return err
+	}
+	app, err := dialApp(ctx)
+	if err != nil {
+		appSide.Close()
+		e.End(f, err)
+		return err
+	}
+	// Up is app toward network: here the application is the local server.
+	err = Relay(app, appSide, f.Up, f.Down)
+	e.End(f, err)
+	return err
+}
+
+// End writes the one log line of a flow.
+func (e *Engine) End(f *Flow, err error) {
+	attrs := []any{
+		"hook", f.Hook, "profile", f.Profile, "net", string(f.Network),
+		"src", addrString(f.Source), "dst", f.Dest.String(),
+		"up", f.Up.Load(), "down", f.Down.Load(),
+		"duration", time.Since(f.Start).Round(time.Microsecond),
+	}
+	if f.User != "" {
+		attrs = append(attrs, "user", f.User)
+	}
+	if f.Inbound {
+		attrs = append(attrs, "inbound", true)
+	}
+	log := f.Log
+	if log == nil {
+		log = e.Log
+	}
+	if err != nil {
+		log.Warn("flow failed", append(attrs, "kind", Classify(err).String(), "err", err)...)
+		return
+	}
+	log.Info("flow", attrs...)
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "-"
+	}
+	return a.String()
+}

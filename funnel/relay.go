@@ -1,0 +1,237 @@
+package funnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Relay joins two connections until both directions end: bytes from app go
+// to network (counted in up) and back (counted in down). Each direction
+// half-closes its destination when its source ends, so protocols that signal
+// "done" with a shutdown keep working. When both ends are kernel TCP sockets
+// the bytes never enter user space: see spliceCopy.
+func Relay(app, network net.Conn, up, down *atomic.Int64) error {
+	var wg sync.WaitGroup
+	var upErr, downErr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		upErr = copyHalf(network, app, up)
+		if upErr != nil {
+			// An error one way ends the flow: unblock the other way.
+			app.Close()
+			network.Close()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		downErr = copyHalf(app, network, down)
+		if downErr != nil {
+			app.Close()
+			network.Close()
+		}
+	}()
+	wg.Wait()
+	app.Close()
+	network.Close()
+	if upErr != nil && !isClosedErr(upErr) {
+		return upErr
+	}
+	if downErr != nil && !isClosedErr(downErr) {
+		return downErr
+	}
+	return nil
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+func copyHalf(dst, src net.Conn, count *atomic.Int64) error {
+	var err error
+	st, sok := src.(*net.TCPConn)
+	dt, dok := dst.(*net.TCPConn)
+	if sok && dok {
+		err = spliceCopy(dt, st, count)
+	} else {
+		err = bufferCopy(dst, src, count)
+	}
+	if err == nil {
+		if cw, ok := dst.(closeWriter); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	return err
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+func bufferCopy(dst, src net.Conn, count *atomic.Int64) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if count != nil {
+				count.Add(int64(n))
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// pipePair is a kernel pipe used as the splice buffer between two sockets.
+type pipePair struct{ r, w int }
+
+const pipeSize = 256 << 10
+
+// pipes is a bounded free list. Pipes are taken only while bytes are in
+// flight and given back once drained, so an idle flow holds no pipe: a relay
+// parked inside splice would hold two descriptors per direction per flow and
+// run out of files at a few thousand sessions.
+var pipes = struct {
+	sync.Mutex
+	free []pipePair
+}{}
+
+const maxFreePipes = 64
+
+func getPipe() (pipePair, error) {
+	pipes.Lock()
+	if n := len(pipes.free); n > 0 {
+		p := pipes.free[n-1]
+		pipes.free = pipes.free[:n-1]
+		pipes.Unlock()
+		return p, nil
+	}
+	pipes.Unlock()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return pipePair{}, os.NewSyscallError("pipe2", err)
+	}
+	// A larger pipe moves more per splice; failure just keeps the default.
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+	return pipePair{r: fds[0], w: fds[1]}, nil
+}
+
+func putPipe(p pipePair) {
+	pipes.Lock()
+	if len(pipes.free) < maxFreePipes {
+		pipes.free = append(pipes.free, p)
+		pipes.Unlock()
+		return
+	}
+	pipes.Unlock()
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// closePipe is for a pipe that may still hold bytes after an error.
+func closePipe(p pipePair) {
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// spliceCopy moves bytes from src to dst through a pooled pipe with
+// splice(2): the bytes stay in the kernel. It waits for src to be readable
+// before it takes a pipe, and gives the pipe back when it is drained.
+func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
+	srcRaw, err := src.SyscallConn()
+	if err != nil {
+		return bufferCopy(dst, src, count)
+	}
+	dstRaw, err := dst.SyscallConn()
+	if err != nil {
+		return bufferCopy(dst, src, count)
+	}
+	for {
+		var p pipePair
+		var havePipe bool
+		var moved int
+		var serr error
+		// The callback runs when the poller says src is readable; EAGAIN
+		// returns false, which parks us in the poller holding no pipe.
+		rerr := srcRaw.Read(func(fd uintptr) bool {
+			if !havePipe {
+				p, serr = getPipe()
+				if serr != nil {
+					return true
+				}
+				havePipe = true
+			}
+			n, e := unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if e == unix.EINTR {
+				return false
+			}
+			if e == unix.EAGAIN {
+				putPipe(p)
+				havePipe = false
+				return false
+			}
+			moved, serr = int(n), e
+			return true
+		})
+		if rerr == nil && serr != nil {
+			rerr = os.NewSyscallError("splice", serr)
+		}
+		if rerr != nil {
+			if havePipe {
+				putPipe(p)
+			}
+			return rerr
+		}
+		if moved == 0 { // end of stream
+			putPipe(p)
+			return nil
+		}
+		left := moved
+		werr := dstRaw.Write(func(fd uintptr) bool {
+			for left > 0 {
+				n, e := unix.Splice(p.r, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				if e == unix.EINTR {
+					continue
+				}
+				if e == unix.EAGAIN {
+					return false
+				}
+				if e != nil {
+					serr = e
+					return true
+				}
+				left -= int(n)
+			}
+			return true
+		})
+		if werr == nil && serr != nil {
+			werr = os.NewSyscallError("splice", serr)
+		}
+		if count != nil {
+			count.Add(int64(moved - left))
+		}
+		if werr != nil {
+			closePipe(p)
+			return werr
+		}
+		putPipe(p)
+	}
+}

@@ -1,0 +1,175 @@
+package funnel
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Pos is a place in a profile's text, for error messages.
+type Pos struct {
+	File string // a file path, or "chain" for an inline chain
+	Line int
+	Col  int
+}
+
+func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col) }
+
+// PosError is a compile error at a place in a profile.
+type PosError struct {
+	Pos Pos
+	Msg string
+}
+
+func (e *PosError) Error() string { return e.Pos.String() + ": " + e.Msg }
+
+// Param is one key=value word of a piece.
+type Param struct {
+	Key, Value string
+	Pos        Pos // of the key
+	ValuePos   Pos
+	used       bool
+}
+
+// PieceSpec is one piece as written: its name and parameters.
+type PieceSpec struct {
+	Name   string
+	Pos    Pos
+	Params []*Param
+}
+
+// String writes the piece back in chain syntax, quoting where needed.
+func (s PieceSpec) String() string {
+	var b strings.Builder
+	b.WriteString(s.Name)
+	for _, p := range s.Params {
+		b.WriteByte(' ')
+		b.WriteString(p.Key)
+		b.WriteByte('=')
+		b.WriteString(quote(p.Value))
+	}
+	return b.String()
+}
+
+func quote(v string) string {
+	if v != "" && !strings.ContainsAny(v, " \t\n|'\"#") {
+		return v
+	}
+	if !strings.Contains(v, "'") {
+		return "'" + v + "'"
+	}
+	return `"` + v + `"`
+}
+
+// ParseChain reads the chain syntax: `PIECE key=value … | PIECE …`, values
+// quoted with '…' or "…" when they hold spaces or `|`. A `#` outside quotes
+// starts a comment to the end of the line, and newlines are plain spaces, so
+// a profile file is the same syntax spread over lines.
+func ParseChain(file, text string) ([]PieceSpec, error) {
+	type word struct {
+		text    string
+		pos     Pos
+		eqAt    int // byte offset of the first unquoted '=' in text, -1 if none
+		valPos  Pos
+		isPipe  bool
+		started bool
+	}
+	var words []word
+	line, col := 1, 1
+	var cur word
+	inQuote := rune(0)
+	quoteStart := Pos{}
+	flush := func() {
+		if cur.started {
+			words = append(words, cur)
+		}
+		cur = word{eqAt: -1}
+	}
+	cur.eqAt = -1
+	rs := []rune(text)
+	for i := 0; i < len(rs); i++ {
+		r := rs[i]
+		here := Pos{file, line, col}
+		if r == '\n' {
+			line++
+			col = 1
+		} else {
+			col++
+		}
+		if inQuote != 0 {
+			if r == inQuote {
+				inQuote = 0
+				continue
+			}
+			cur.text += string(r)
+			continue
+		}
+		switch {
+		case r == '#':
+			for i+1 < len(rs) && rs[i+1] != '\n' {
+				i++
+			}
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r':
+			flush()
+		case r == '|':
+			flush()
+			words = append(words, word{isPipe: true, pos: here})
+		case r == '\'' || r == '"':
+			if !cur.started {
+				cur.started, cur.pos = true, here
+			}
+			if cur.eqAt >= 0 && len(cur.text) == cur.eqAt+1 {
+				cur.valPos = here
+			}
+			inQuote, quoteStart = r, here
+		default:
+			if !cur.started {
+				cur.started, cur.pos = true, here
+			}
+			if r == '=' && cur.eqAt < 0 {
+				cur.eqAt = len(cur.text)
+				cur.valPos = Pos{file, line, col}
+			}
+			cur.text += string(r)
+		}
+	}
+	if inQuote != 0 {
+		return nil, &PosError{quoteStart, fmt.Sprintf("quote %c is never closed", inQuote)}
+	}
+	flush()
+
+	var specs []PieceSpec
+	var spec *PieceSpec
+	for _, w := range words {
+		if w.isPipe {
+			if spec == nil {
+				return nil, &PosError{w.pos, "`|` with no piece before it"}
+			}
+			specs = append(specs, *spec)
+			spec = nil
+			continue
+		}
+		if spec == nil {
+			if w.eqAt >= 0 {
+				return nil, &PosError{w.pos, fmt.Sprintf("expected a piece name, found parameter %q (a chain is `PIECE key=value … | PIECE …`)", w.text)}
+			}
+			spec = &PieceSpec{Name: w.text, Pos: w.pos}
+			continue
+		}
+		if w.eqAt < 0 {
+			return nil, &PosError{w.pos, fmt.Sprintf("piece %q: %q is not key=value (missing `|` before a new piece?)", spec.Name, w.text)}
+		}
+		if w.eqAt == 0 {
+			return nil, &PosError{w.pos, fmt.Sprintf("piece %q: parameter %q has no key", spec.Name, w.text)}
+		}
+		spec.Params = append(spec.Params, &Param{Key: w.text[:w.eqAt], Value: w.text[w.eqAt+1:], Pos: w.pos, ValuePos: w.valPos})
+	}
+	if spec != nil {
+		specs = append(specs, *spec)
+	} else if len(words) > 0 {
+		return nil, &PosError{words[len(words)-1].pos, "`|` with no piece after it"}
+	}
+	if len(specs) == 0 {
+		return nil, &PosError{Pos{file, 1, 1}, "empty chain: name at least one piece, e.g. `direct`"}
+	}
+	return specs, nil
+}

@@ -1,0 +1,112 @@
+// Package direct is the piece that reaches the network itself: it dials TCP
+// and UDP with the operating system's sockets. Every chain that needs a
+// network below its last piece ends in direct implicitly.
+package direct
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+)
+
+func init() {
+	funnel.Register(funnel.PieceInfo{
+		Name:    "direct",
+		Summary: "dial TCP and UDP with the system's sockets (the end of every chain)",
+		Params: `source=ADDR      local address to dial from (IPv4 or IPv6, no port)
+timeout=DURATION connect timeout, default 10s
+fallback=DURATION Happy Eyeballs delay before trying the other address family, default 300ms
+keepalive=DURATION TCP keepalive period, default 15s; 0 turns it off`,
+		New: New,
+	})
+}
+
+// Direct is a configured direct piece.
+type Direct struct {
+	source    netip.Addr
+	timeout   time.Duration
+	fallback  time.Duration
+	keepalive time.Duration
+}
+
+// New builds a direct piece from its parameters.
+func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
+	d := &Direct{}
+	var err error
+	if s := p.String("source", ""); s != "" {
+		if d.source, err = netip.ParseAddr(s); err != nil {
+			return nil, p.Errorf("source", "%q is not an IP address", s)
+		}
+	}
+	if d.timeout, err = p.Duration("timeout", 10*time.Second); err != nil {
+		return nil, err
+	}
+	if d.fallback, err = p.Duration("fallback", 300*time.Millisecond); err != nil {
+		return nil, err
+	}
+	if d.keepalive, err = p.Duration("keepalive", 15*time.Second); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Curves: direct ends the chain for both streams and datagrams.
+func (d *Direct) Curves() []funnel.Curve {
+	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
+}
+
+func (d *Direct) dialer(network string) *net.Dialer {
+	nd := &net.Dialer{Timeout: d.timeout, FallbackDelay: d.fallback, KeepAlive: d.keepalive}
+	if d.keepalive == 0 {
+		nd.KeepAlive = -1
+	}
+	if d.source.IsValid() {
+		if network == "tcp" {
+			nd.LocalAddr = &net.TCPAddr{IP: d.source.AsSlice()}
+		} else {
+			nd.LocalAddr = &net.UDPAddr{IP: d.source.AsSlice()}
+		}
+	}
+	return nd
+}
+
+// DialStream connects a TCP socket; a name is resolved here, trying both
+// address families the Happy Eyeballs way (RFC 8305) when it has both.
+func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) (net.Conn, error) {
+	if f.Handoff {
+		ap, err := d.resolve(ctx, f.Dest)
+		if err != nil {
+			return nil, err
+		}
+		return &funnel.Handoff{Addr: ap}, nil
+	}
+	c, err := d.dialer("tcp").DialContext(ctx, "tcp", f.Dest.String())
+	if err != nil {
+		return nil, fmt.Errorf("direct: %w", err)
+	}
+	return c, nil
+}
+
+// DialDgram opens a connected UDP socket to the destination.
+func (d *Direct) DialDgram(ctx context.Context, f *funnel.Flow, _ funnel.Next) (funnel.DgramConn, error) {
+	c, err := d.dialer("udp").DialContext(ctx, "udp", f.Dest.String())
+	if err != nil {
+		return nil, fmt.Errorf("direct: %w", err)
+	}
+	return funnel.NewUDPConn(c.(*net.UDPConn)), nil
+}
+
+func (d *Direct) resolve(ctx context.Context, a funnel.Addr) (netip.AddrPort, error) {
+	if !a.IsName() {
+		return a.AddrPort(), nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", a.Name)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("direct: %w", err)
+	}
+	return netip.AddrPortFrom(ips[0].Unmap(), a.Port), nil
+}
