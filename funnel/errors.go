@@ -14,14 +14,14 @@ import (
 type Kind int
 
 const (
-	KindGeneral         Kind = iota + 1 // SOCKS 1, EIO
-	KindDenied                          // SOCKS 2, EACCES
-	KindNetUnreachable                  // SOCKS 3, ENETUNREACH
-	KindHostUnreachable                 // SOCKS 4, EHOSTUNREACH (also: name not found)
-	KindRefused                         // SOCKS 5, ECONNREFUSED
-	KindTimeout                         // SOCKS 6, ETIMEDOUT
-	KindNotSupported                    // SOCKS 7, EOPNOTSUPP
-	KindAddrNotSupported                // SOCKS 8, EAFNOSUPPORT
+	KindGeneral          Kind = iota + 1 // SOCKS 1, EIO
+	KindDenied                           // SOCKS 2, EACCES
+	KindNetUnreachable                   // SOCKS 3, ENETUNREACH
+	KindHostUnreachable                  // SOCKS 4, EHOSTUNREACH (also: name not found)
+	KindRefused                          // SOCKS 5, ECONNREFUSED
+	KindTimeout                          // SOCKS 6, ETIMEDOUT
+	KindNotSupported                     // SOCKS 7, EOPNOTSUPP
+	KindAddrNotSupported                 // SOCKS 8, EAFNOSUPPORT
 )
 
 var kindNames = map[Kind]string{
