@@ -161,3 +161,7 @@ func ReloadOnHUP(ctx context.Context, e *funnel.Engine) {
 		}
 	}()
 }
+
+// Launcher runs `funtun [key=value…] PROGRAM [ARGS…]`; the preload hook
+// sets it. Nil means the launcher is not built in.
+var Launcher func(ctx context.Context, env *Env, args []string) int

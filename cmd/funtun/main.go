@@ -1,0 +1,98 @@
+// Command funtun is the Funnel Tunnel: it passes an application's traffic
+// through a chain of Puzzle Pieces chosen by a profile. Every mode is a
+// subcommand; a first word that is no subcommand starts the launcher:
+//
+//	funtun profile=6bed4 twinkle
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/funtun/funtun/internal/cli"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	format, level := "text", slog.LevelInfo
+	// Global options come before the subcommand or program.
+	for len(args) > 0 && strings.HasPrefix(args[0], "--") && args[0] != "--" {
+		opt := args[0]
+		switch {
+		case opt == "--log-format" && len(args) > 1:
+			format, args = args[1], args[2:]
+		case strings.HasPrefix(opt, "--log-format="):
+			format, args = strings.TrimPrefix(opt, "--log-format="), args[1:]
+		case opt == "--debug":
+			level, args = slog.LevelDebug, args[1:]
+		case opt == "--quiet":
+			level, args = slog.LevelWarn, args[1:]
+		case opt == "--help":
+			args = []string{"help"}
+		case opt == "--version":
+			args = []string{"version"}
+		default:
+			fmt.Fprintf(os.Stderr, "funtun: unknown option %s (see `funtun help`)\n", opt)
+			return 2
+		}
+	}
+	env, err := cli.NewEnv(format, level)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "funtun: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if len(args) == 0 {
+		usage(env)
+		return 2
+	}
+	if args[0] == "--" {
+		return launch(ctx, env, args[1:])
+	}
+	if c, ok := cli.Lookup(args[0]); ok {
+		return c.Run(ctx, env, args[1:])
+	}
+	return launch(ctx, env, args)
+}
+
+func launch(ctx context.Context, env *cli.Env, args []string) int {
+	if cli.Launcher == nil {
+		fmt.Fprintf(env.Stderr, "funtun: %q is not a subcommand, and this build has no launcher (see `funtun help`)\n", args[0])
+		return 2
+	}
+	return cli.Launcher(ctx, env, args)
+}
+
+func usage(env *cli.Env) {
+	fmt.Fprint(env.Stdout, `funtun — the Funnel Tunnel: pass a program's traffic through Puzzle Pieces
+
+Usage:
+  funtun [global options] COMMAND [options] [profile=NAME | chain='PIECE k=v | …']
+  funtun [global options] [profile=NAME | chain='…'] PROGRAM [ARGS…]
+  funtun -- PROGRAM [ARGS…]        (when PROGRAM has a subcommand's name)
+
+Commands:
+`)
+	for _, c := range cli.Commands() {
+		fmt.Fprintf(env.Stdout, "  %-10s %s\n", c.Name, c.Summary)
+	}
+	fmt.Fprint(env.Stdout, `
+Global options:
+  --log-format text|json   log format on stderr (default text)
+  --debug | --quiet        more or fewer log lines
+
+Profiles are read from $XDG_CONFIG_HOME/funtun/profiles/NAME.profile
+(~/.config/funtun/profiles), /etc/funtun/profiles, then the built-ins.
+Run `+"`funtun COMMAND --help`"+` for a command's options, `+"`funtun pieces`"+` for the pieces.
+`)
+}

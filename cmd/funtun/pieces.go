@@ -1,0 +1,6 @@
+package main
+
+// Every piece registers itself; importing it is all it takes to build it in.
+import (
+	_ "github.com/funtun/funtun/pieces/direct"
+)

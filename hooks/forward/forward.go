@@ -1,0 +1,303 @@
+// Package forward is the simplest hook: it accepts TCP connections (or UDP
+// datagrams, one flow per source) on a local address and sends each as a
+// flow to a fixed destination through a profile — socat's
+// TCP-LISTEN/TCP job with Puzzle Pieces in between.
+package forward
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/cli"
+)
+
+const usage = `funtun forward --listen ADDR --to HOST:PORT [profile=NAME | chain='…'] [options]
+
+Accepts TCP connections (or, with --udp, UDP datagrams kept apart per
+source) on ADDR and sends each as a flow to HOST:PORT through the profile.
+With --inbound the accepted connections are treated as coming from the
+network: they travel up through the pieces (a tls piece terminates TLS)
+and reach HOST:PORT as the application.
+
+Examples:
+  funtun forward --listen 127.0.0.1:8080 --to example.org:443 chain='tls'
+  funtun forward --listen :8443 --to 127.0.0.1:8000 --inbound chain='tls cert=c.pem key=k.pem'
+  funtun forward --udp --listen 127.0.0.1:5353 --to 127.0.0.1:53 profile=direct
+
+SIGHUP recompiles every profile; on error the old ones stay in force.`
+
+func init() {
+	cli.Register(&cli.Command{
+		Name:    "forward",
+		Summary: "accept on a local address and forward each connection through a profile",
+		Usage:   usage,
+		Run:     run,
+	})
+}
+
+// Forwarder is one running forward hook.
+type Forwarder struct {
+	Engine   *funnel.Engine
+	Selector funnel.Selector
+	To       funnel.Addr
+	Inbound  bool
+	Idle     time.Duration // UDP sessions end after this long without traffic
+	Log      *slog.Logger
+}
+
+func run(ctx context.Context, env *cli.Env, args []string) int {
+	c, _ := cli.Lookup("forward")
+	fs := env.FlagSet(c)
+	listen := fs.String("listen", "", "local address to accept on, e.g. 127.0.0.1:8080")
+	to := fs.String("to", "", "destination HOST:PORT of every flow")
+	udp := fs.Bool("udp", false, "forward UDP datagrams instead of TCP connections")
+	inbound := fs.Bool("inbound", false, "accepted connections come from the network: run the profile's pieces as a server")
+	idle := fs.Duration("idle", 60*time.Second, "end a UDP session after this long without traffic")
+	sel, rest, done, err := env.ParseFlags(fs, args)
+	if done {
+		return 0
+	}
+	if err != nil {
+		return env.Usagef("forward", "%v", err)
+	}
+	if len(rest) > 0 {
+		return env.Usagef("forward", "unexpected argument %q", rest[0])
+	}
+	if *listen == "" || *to == "" {
+		return env.Usagef("forward", "needs --listen ADDR and --to HOST:PORT")
+	}
+	dest, err := funnel.ParseAddr(*to)
+	if err != nil {
+		return env.Usagef("forward", "--to: %v", err)
+	}
+	eng, err := env.Engine()
+	if err != nil {
+		return env.Errorf("forward", "%v", err)
+	}
+	pl, err := eng.Resolve(sel)
+	if err != nil {
+		return env.Errorf("forward", "%v", err)
+	}
+	shape := funnel.Stream
+	if *udp {
+		shape = funnel.Dgram
+	}
+	if !pl.Accepts(shape) {
+		return env.Errorf("forward", "profile %s carries %s flows, not %s: use --udp for dgram profiles", pl.Name, pl.Shapes(), shape)
+	}
+	if *udp && *inbound {
+		return env.Usagef("forward", "--inbound is for TCP only")
+	}
+	fw := &Forwarder{Engine: eng, Selector: sel, To: dest, Inbound: *inbound, Idle: *idle, Log: env.Log}
+	cli.ReloadOnHUP(ctx, eng)
+	if *udp {
+		pc, err := net.ListenPacket("udp", *listen)
+		if err != nil {
+			return env.Errorf("forward", "cannot listen on udp %s: %v", *listen, unwrapSyscall(err))
+		}
+		env.Log.Info("forwarding", "listen", pc.LocalAddr().String(), "net", "udp", "to", dest.String(), "profile", sel.String())
+		err = fw.ServeUDP(ctx, pc.(*net.UDPConn))
+	} else {
+		l, err2 := net.Listen("tcp", *listen)
+		if err2 != nil {
+			return env.Errorf("forward", "cannot listen on tcp %s: %v", *listen, unwrapSyscall(err2))
+		}
+		env.Log.Info("forwarding", "listen", l.Addr().String(), "net", "tcp", "to", dest.String(), "profile", sel.String(), "inbound", *inbound)
+		err = fw.ServeTCP(ctx, l)
+	}
+	if err != nil && ctx.Err() == nil {
+		return env.Errorf("forward", "%v", err)
+	}
+	return 0
+}
+
+func unwrapSyscall(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
+// ServeTCP accepts until ctx ends or the listener fails.
+func (fw *Forwarder) ServeTCP(ctx context.Context, l net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				fw.Log.Warn("accept", "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fw.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (fw *Forwarder) serveConn(ctx context.Context, c net.Conn) {
+	// Each flow resolves the profile afresh, so a reload applies to new
+	// flows while running ones keep their pipeline.
+	pl, err := fw.Engine.Resolve(fw.Selector)
+	if err != nil {
+		fw.Log.Error("no profile for flow", "err", err)
+		c.Close()
+		return
+	}
+	f := fw.Engine.NewFlow("forward", funnel.TCP, fw.To)
+	f.Source = c.RemoteAddr()
+	if !fw.Inbound {
+		fw.Engine.ServeStream(ctx, f, pl, c)
+		return
+	}
+	fw.Engine.ServeInbound(ctx, f, pl, c, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", fw.To.String())
+	})
+}
+
+// udpSession is one source's datagram flow.
+type udpSession struct {
+	conn funnel.DgramConn
+	flow *funnel.Flow
+	last time.Time
+	mu   sync.Mutex
+}
+
+// ServeUDP keeps one flow per source address; replies from the chain go
+// back to that source. Sessions end after fw.Idle without traffic.
+func (fw *Forwarder) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
+	go func() {
+		<-ctx.Done()
+		pc.Close()
+	}()
+	var mu sync.Mutex
+	sessions := map[netip.AddrPort]*udpSession{}
+	var wg sync.WaitGroup
+	defer func() {
+		mu.Lock()
+		for _, s := range sessions {
+			s.conn.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+	for {
+		fr := funnel.NewFrame()
+		n, src, err := pc.ReadFromUDPAddrPort(fr.Room())
+		if err != nil {
+			fr.Release()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		fr.SetLen(n)
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		fr.Src = src
+		mu.Lock()
+		s := sessions[src]
+		if s == nil {
+			s, err = fw.openUDP(ctx, src)
+			if err != nil {
+				mu.Unlock()
+				fr.Release()
+				continue
+			}
+			sessions[src] = s
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fw.pumpBack(pc, src, s)
+				mu.Lock()
+				delete(sessions, src)
+				mu.Unlock()
+			}()
+		}
+		mu.Unlock()
+		s.touch()
+		s.flow.Up.Add(int64(n))
+		if err := s.conn.WriteFrame(fr); err != nil {
+			s.flow.Log.Debug("udp write", "err", err)
+		}
+	}
+}
+
+func (s *udpSession) touch() {
+	s.mu.Lock()
+	s.last = time.Now()
+	s.mu.Unlock()
+}
+
+func (s *udpSession) idleFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Since(s.last)
+}
+
+func (fw *Forwarder) openUDP(ctx context.Context, src netip.AddrPort) (*udpSession, error) {
+	pl, err := fw.Engine.Resolve(fw.Selector)
+	if err != nil {
+		fw.Log.Error("no profile for flow", "err", err)
+		return nil, err
+	}
+	f := fw.Engine.NewFlow("forward", funnel.UDP, fw.To)
+	f.Source = net.UDPAddrFromAddrPort(src)
+	c, err := pl.DialDgram(ctx, f)
+	if err != nil {
+		fw.Engine.End(f, err)
+		return nil, err
+	}
+	return &udpSession{conn: c, flow: f, last: time.Now()}, nil
+}
+
+// pumpBack returns the chain's datagrams to the source until the session
+// has been idle for fw.Idle.
+func (fw *Forwarder) pumpBack(pc *net.UDPConn, src netip.AddrPort, s *udpSession) {
+	var err error
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(fw.Idle))
+		fr, rerr := s.conn.ReadFrame()
+		if rerr != nil {
+			var ne net.Error
+			if errors.As(rerr, &ne) && ne.Timeout() && s.idleFor() < fw.Idle {
+				continue
+			}
+			if !(errors.As(rerr, &ne) && ne.Timeout()) && !errors.Is(rerr, net.ErrClosed) {
+				err = rerr
+			}
+			break
+		}
+		s.touch()
+		s.flow.Down.Add(int64(fr.Len()))
+		_, werr := pc.WriteToUDPAddrPort(fr.Bytes(), src)
+		fr.Release()
+		if werr != nil {
+			err = werr
+			break
+		}
+	}
+	s.conn.Close()
+	fw.Engine.End(s.flow, err)
+}
