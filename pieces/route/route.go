@@ -7,6 +7,7 @@ package route
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 
 	"github.com/funtun/funtun/funnel"
@@ -90,7 +91,7 @@ func (r *Route) Curves() []funnel.Curve {
 	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
 }
 
-func (r *Route) choose(f *funnel.Flow) (*funnel.Pipeline, error) {
+func (r *Route) choose(ctx context.Context, f *funnel.Flow) (*funnel.Pipeline, error) {
 	to, why := r.other, "default"
 	for _, ru := range r.rules {
 		if ru.match.Match(f.Dest) {
@@ -98,7 +99,7 @@ func (r *Route) choose(f *funnel.Flow) (*funnel.Pipeline, error) {
 			break
 		}
 	}
-	if f.Log != nil {
+	if f.Log != nil && f.Log.Enabled(ctx, slog.LevelDebug) {
 		f.Log.Debug("route", "dst", f.Dest.String(), "rule", why, "to", to.Name)
 	}
 	pl := to.Pipeline()
@@ -113,7 +114,7 @@ func (r *Route) choose(f *funnel.Flow) (*funnel.Pipeline, error) {
 // DialStream hands the flow to the chosen profile, which returns the
 // connection; route adds nothing, so a splice-able socket stays one.
 func (r *Route) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) (net.Conn, error) {
-	pl, err := r.choose(f)
+	pl, err := r.choose(ctx, f)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +123,7 @@ func (r *Route) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) (
 
 // DialDgram hands a datagram flow to the chosen profile.
 func (r *Route) DialDgram(ctx context.Context, f *funnel.Flow, _ funnel.Next) (funnel.DgramConn, error) {
-	pl, err := r.choose(f)
+	pl, err := r.choose(ctx, f)
 	if err != nil {
 		return nil, err
 	}

@@ -70,9 +70,15 @@ func passwordRequest(user, pass string) []byte {
 	return append(b, pass...)
 }
 
-// request is a CONNECT or UDP ASSOCIATE request.
-func request(cmd byte, dest funnel.Addr) ([]byte, error) {
-	return appendAddr([]byte{version, cmd, 0}, dest)
+// request is a CONNECT or UDP ASSOCIATE request, and how error messages
+// name it.
+func request(cmd byte, dest funnel.Addr) ([]byte, string, error) {
+	what := "CONNECT " + dest.String()
+	if cmd == cmdUDPAssociate {
+		what = "UDP ASSOCIATE"
+	}
+	b, err := appendAddr([]byte{version, cmd, 0}, dest)
+	return b, what, err
 }
 
 // replyText names the RFC 1928 reply codes. The funnel's failure kinds use
@@ -89,7 +95,7 @@ var replyText = [...]string{
 	8: "address type not supported",
 }
 
-func replyError(server string, code byte, dest funnel.Addr) error {
+func replyError(server string, code byte, what string) error {
 	if code == 0 {
 		return nil
 	}
@@ -97,13 +103,13 @@ func replyError(server string, code byte, dest funnel.Addr) error {
 	if int(code) < len(replyText) {
 		kind, text = funnel.Kind(code), replyText[code]
 	}
-	return funnel.Errorf(kind, "socks5 server %s: %s: %s", server, dest, text)
+	return funnel.Errorf(kind, "socks5 server %s: %s: %s", server, what, text)
 }
 
 // readReply reads a reply's fixed part, then its address, and returns the
 // bound address. It reads exactly the reply, so nothing of the data that
 // follows is taken from the connection.
-func readReply(r io.Reader, server string, dest funnel.Addr) (funnel.Addr, error) {
+func readReply(r io.Reader, server, what string) (funnel.Addr, error) {
 	// VER REP RSV, then ATYP, the address (at most a length byte and 255
 	// name bytes) and the port.
 	var buf [3 + 1 + 1 + 255 + 2]byte
@@ -113,7 +119,7 @@ func readReply(r io.Reader, server string, dest funnel.Addr) (funnel.Addr, error
 	if buf[0] != version {
 		return funnel.Addr{}, funnel.Errorf(funnel.KindGeneral, "socks5 server %s: reply has version %d, not 5 (is it a SOCKS5 server?)", server, buf[0])
 	}
-	if err := replyError(server, buf[1], dest); err != nil {
+	if err := replyError(server, buf[1], what); err != nil {
 		return funnel.Addr{}, err
 	}
 	var n int // bytes still to read after the address's first byte

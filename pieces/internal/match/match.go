@@ -92,7 +92,7 @@ func Parse(s string) (Matcher, error) {
 	if d, ok := strings.CutPrefix(domain, "."); ok {
 		m.kind, domain = kindSuffix, d
 	}
-	if err := checkDomain(domain); err != nil {
+	if err := CheckDomain(domain); err != nil {
 		return m, fmt.Errorf("%q: %v; expected %s", s, err, Syntax)
 	}
 	m.domain = domain
@@ -126,7 +126,9 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-func checkDomain(d string) error {
+// CheckDomain tells why d (lower case, no leading or trailing dot) is not a
+// usable domain name; hosts uses it for its names too.
+func CheckDomain(d string) error {
 	if d == "" {
 		return fmt.Errorf("no domain name")
 	}

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# TCP throughput through `funtun forward profile=direct`, side by side with
+# iperf3 straight to the server and with socat doing the same forwarding job.
+# Everything runs on 127.0.0.1; see bench/README.md for what the figures mean.
+#
+# Environment:
+#   BENCH_SECONDS   length of each iperf3 run (default 5)
+#   BENCH_STREAMS   parallel-stream counts to try, space separated (default "1 4")
+#   BENCH_ROUNDS    rounds of all runs, interleaved; the table shows the median (default 1)
+#   BENCH_REVERSE   1: also measure server-to-client (iperf3 -R), the relay's other direction
+#   BENCH_PORT      first of the three loopback ports used (default: a free one near 25200)
+#   FUNTUN_BIN      use this binary instead of building bin/funtun
+#   BENCH_CSV       also write the raw results (one line per run) to this file
+set -euo pipefail
+
+seconds=${BENCH_SECONDS:-5}
+streams=${BENCH_STREAMS:-1 4}
+rounds=${BENCH_ROUNDS:-1}
+reverse=${BENCH_REVERSE:-0}
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+for tool in iperf3 socat python3 ss; do
+	command -v "$tool" >/dev/null || { echo "forward.sh: needs $tool" >&2; exit 2; }
+done
+[[ $seconds =~ ^[0-9]+$ && $seconds -ge 1 && $seconds -le 120 ]] || { echo "forward.sh: BENCH_SECONDS must be 1..120" >&2; exit 2; }
+[[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 20 ]] || { echo "forward.sh: BENCH_ROUNDS must be 1..20" >&2; exit 2; }
+
+if [[ -n ${FUNTUN_BIN:-} ]]; then
+	bin=$FUNTUN_BIN
+else
+	bin=$root/bin/funtun
+	(cd "$root" && timeout 300 go build -o bin/funtun ./cmd/funtun)
+fi
+
+work=$(mktemp -d /tmp/funtun-bench.XXXXXX)
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${pids[@]}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
+
+# Three consecutive ports nobody listens on: server, funtun, socat.
+port=${BENCH_PORT:-25200}
+for ((try = 0; try < 50; try++)); do
+	if ! listening "$port" && ! listening $((port + 1)) && ! listening $((port + 2)); then
+		break
+	fi
+	[[ -n ${BENCH_PORT:-} ]] && { echo "forward.sh: ports $port..$((port + 2)) are busy" >&2; exit 2; }
+	port=$((port + 3))
+done
+server_port=$port funtun_port=$((port + 1)) socat_port=$((port + 2))
+
+# Longest any helper process may live: every run plus generous slack.
+nmodes=3
+nstreams=$(wc -w <<<"$streams")
+ndirs=$((reverse == 1 ? 2 : 1))
+lifetime=$((rounds * nmodes * nstreams * ndirs * (seconds + 15) + 60))
+
+wait_listening() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		listening "$1" && return 0
+		sleep 0.05
+	done
+	echo "forward.sh: nothing listens on port $1 after 5s" >&2
+	return 1
+}
+
+timeout "$lifetime" iperf3 -s -B 127.0.0.1 -p "$server_port" >"$work/server.log" 2>&1 &
+pids+=($!)
+timeout "$lifetime" "$bin" forward --listen "127.0.0.1:$funtun_port" --to "127.0.0.1:$server_port" profile=direct >"$work/funtun.log" 2>&1 &
+pids+=($!)
+funtun_timeout=$!
+timeout "$lifetime" socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$server_port" 2>"$work/socat.log" &
+pids+=($!)
+socat_timeout=$!
+wait_listening "$server_port"
+wait_listening "$funtun_port" || { cat "$work/funtun.log" >&2; exit 1; }
+wait_listening "$socat_port" || { cat "$work/socat.log" >&2; exit 1; }
+
+# timeout(1) is the parent we know; the forwarder is its only child.
+child_of() {
+	local c
+	c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
+	echo "${c%% *}"
+}
+funtun_pid=$(child_of "$funtun_timeout")
+socat_pid=$(child_of "$socat_timeout")
+[[ -n $funtun_pid && -n $socat_pid ]] || { echo "forward.sh: cannot find the forwarder processes" >&2; exit 1; }
+
+# CPU ticks of a process, its threads, and its children already reaped: socat
+# forks one child per connection and funtun runs one goroutine pair per flow.
+cpu_ticks() {
+	local stat
+	stat=$(cat "/proc/$1/stat")
+	stat=${stat##*) }
+	# After the ") ", field 3 of stat is the 1st word; utime..cstime are 14..17.
+	awk '{print $12 + $13 + $14 + $15}' <<<"$stat"
+}
+hz=$(getconf CLK_TCK)
+
+results=$work/results
+: >"$results"
+
+# run MODE PORT STREAMS DIR ROUND
+run() {
+	local mode=$1 p=$2 n=$3 dir=$4 round=$5 pid="" before=0 after=0 flags=()
+	case $mode in
+	funtun) pid=$funtun_pid ;;
+	socat) pid=$socat_pid ;;
+	esac
+	[[ $dir == down ]] && flags+=(-R)
+	[[ -n $pid ]] && before=$(cpu_ticks "$pid")
+	if ! timeout $((seconds + 15)) iperf3 -c 127.0.0.1 -p "$p" -t "$seconds" -P "$n" "${flags[@]}" -J >"$work/run.json" 2>"$work/run.err"; then
+		echo "forward.sh: iperf3 through $mode (-P $n $dir) failed:" >&2
+		cat "$work/run.err" "$work/run.json" >&2
+		exit 1
+	fi
+	if [[ -n $pid ]]; then
+		# Let socat's per-connection child exit and be reaped so its CPU
+		# lands in the parent's cutime/cstime.
+		sleep 0.5
+		after=$(cpu_ticks "$pid")
+	fi
+	python3 - "$work/run.json" "$mode" "$n" "$dir" "$round" "$pid" $((after - before)) "$hz" >>"$results" <<'EOF'
+import json, sys
+path, mode, n, d, rnd, pid, ticks, hz = sys.argv[1:]
+end = json.load(open(path))["end"]
+gbps = end["sum_received"]["bits_per_second"] / 1e9
+gbytes = end["sum_received"]["bytes"] / 1e9
+cpu = int(ticks) / int(hz) if pid else float("nan")
+print(f"{mode} {n} {d} {rnd} {gbps:.3f} {cpu:.2f} {gbytes:.3f}")
+EOF
+}
+
+dirs=up
+[[ $reverse == 1 ]] && dirs="up down"
+echo "forward.sh: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, $(nproc) CPUs, ports $server_port/$funtun_port/$socat_port" >&2
+for ((r = 1; r <= rounds; r++)); do
+	for n in $streams; do
+		for d in $dirs; do
+			# Rotate the order each round so no mode always runs first.
+			order=(direct funtun socat)
+			for ((k = 0; k < (r - 1) % 3; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+			for mode in "${order[@]}"; do
+				case $mode in
+				direct) p=$server_port ;;
+				funtun) p=$funtun_port ;;
+				socat) p=$socat_port ;;
+				esac
+				echo "forward.sh: round $r: $mode -P $n $d" >&2
+				run "$mode" "$p" "$n" "$d" "$r"
+			done
+		done
+	done
+done
+
+[[ -n ${BENCH_CSV:-} ]] && cp "$results" "$BENCH_CSV"
+
+python3 - "$results" <<'EOF'
+import math, statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+groups = {}
+for mode, n, d, rnd, gbps, cpu, gbytes in rows:
+    groups.setdefault((int(n), d), {}).setdefault(mode, []).append((float(gbps), float(cpu), float(gbytes)))
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+print(f"{'streams':>7} {'dir':>4} {'mode':>7} {'Gbit/s':>8} {'min':>7} {'max':>7} {'fwd CPU s':>9} {'CPU s/GB':>8}")
+for (n, d), modes in sorted(groups.items()):
+    gb = {}
+    for mode in ("direct", "funtun", "socat"):
+        rs = modes.get(mode, [])
+        g = [r[0] for r in rs]
+        cpu = [r[1] for r in rs]
+        per_gb = [r[1] / r[2] for r in rs if r[2] > 0 and not math.isnan(r[1])]
+        gb[mode] = med(g)
+        cpu_s = "-" if mode == "direct" else f"{med(cpu):.2f}"
+        per = "-" if mode == "direct" else f"{med(per_gb):.3f}"
+        print(f"{n:>7} {d:>4} {mode:>7} {med(g):>8.2f} {min(g):>7.2f} {max(g):>7.2f} {cpu_s:>9} {per:>8}")
+    print(f"{'':>7} {'':>4} funtun/direct {gb['funtun'] / gb['direct']:.2f}  funtun/socat {gb['funtun'] / gb['socat']:.2f}  (target: >= 0.85, > 1)")
+EOF

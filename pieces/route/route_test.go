@@ -1,0 +1,271 @@
+package route_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/testutil"
+	_ "github.com/funtun/funtun/pieces/deny"
+	_ "github.com/funtun/funtun/pieces/direct"
+	_ "github.com/funtun/funtun/pieces/hosts"
+	_ "github.com/funtun/funtun/pieces/route"
+)
+
+// compile builds a set from name/text pairs; each profile's origin is
+// NAME.profile so that errors can be checked for their position.
+func compile(t *testing.T, kv ...string) (*funnel.Set, error) {
+	t.Helper()
+	var srcs []funnel.Source
+	for i := 0; i+1 < len(kv); i += 2 {
+		srcs = append(srcs, funnel.Source{Name: kv[i], Origin: kv[i] + ".profile", Text: kv[i+1]})
+	}
+	return funnel.CompileSet(srcs)
+}
+
+func mustProfile(t *testing.T, kv ...string) func(string) *funnel.Pipeline {
+	t.Helper()
+	set, err := compile(t, kv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(name string) *funnel.Pipeline {
+		pl, ok := set.Profile(name)
+		if !ok {
+			t.Fatalf("no profile %s", name)
+		}
+		return pl
+	}
+}
+
+func port(a net.Addr) uint16 {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return uint16(a.Port)
+	case *net.UDPAddr:
+		return uint16(a.Port)
+	}
+	panic("not a TCP or UDP address")
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// echoOnce sends a line through a stream and expects it back.
+func echoOnce(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := []byte("through the funnel\n")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := ioReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo gave %q, want %q", got, msg)
+	}
+}
+
+func ioReadFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// echoDgram sends one datagram through a datagram flow and expects it back.
+func echoDgram(t *testing.T, dc funnel.DgramConn) {
+	t.Helper()
+	msg := []byte("one datagram")
+	fr := funnel.NewFrame()
+	fr.SetLen(copy(fr.Room(), msg))
+	if err := dc.WriteFrame(fr); err != nil {
+		t.Fatal(err)
+	}
+	dc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	back, err := dc.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Release()
+	if !bytes.Equal(back.Bytes(), msg) {
+		t.Fatalf("echo gave %q, want %q", back.Bytes(), msg)
+	}
+}
+
+func wantKind(t *testing.T, err error, k funnel.Kind) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("flow went through, want it refused with %v", k)
+	}
+	if got := funnel.Classify(err); got != k {
+		t.Fatalf("error %q is %v, want %v", err, got, k)
+	}
+}
+
+func TestRoutesByPortTCPAndUDP(t *testing.T) {
+	open, closed := testutil.EchoServer(t), testutil.EchoServer(t)
+	uopen, uclosed := testutil.UDPEchoServer(t), testutil.UDPEchoServer(t)
+	profile := mustProfile(t,
+		"direct", "direct",
+		"blocked", "deny all=true reason='this port is closed'",
+		"p", "route port:"+itoa(port(closed))+","+"port:"+itoa(port(uclosed))+"=blocked default=direct",
+	)
+	pl := profile("p")
+
+	c, err := pl.DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("127.0.0.1", port(open))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(*net.TCPConn); !ok {
+		t.Errorf("route handed back a %T, want the *net.TCPConn direct made (splice fast path)", c)
+	}
+	echoOnce(t, c)
+
+	_, err = pl.DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("127.0.0.1", port(closed))))
+	wantKind(t, err, funnel.KindDenied)
+	if !strings.Contains(err.Error(), "this port is closed") || !strings.Contains(err.Error(), "blocked.profile:1:1") {
+		t.Errorf("refusal %q should give the reason and where the deny is written", err)
+	}
+
+	dc, err := pl.DialDgram(ctx(t), funnel.NewFlow("test", funnel.UDP, funnel.MakeAddr("127.0.0.1", port(uopen))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	echoDgram(t, dc)
+
+	_, err = pl.DialDgram(ctx(t), funnel.NewFlow("test", funnel.UDP, funnel.MakeAddr("127.0.0.1", port(uclosed))))
+	wantKind(t, err, funnel.KindDenied)
+}
+
+func TestFirstRuleWins(t *testing.T) {
+	echo := testutil.EchoServer(t)
+	p := itoa(port(echo))
+	profile := mustProfile(t,
+		"direct", "direct",
+		"blocked", "deny all=true",
+		// The same destination matches both rules; only the order decides.
+		"open-first", "route port:"+p+"=direct 127.0.0.0/8=blocked default=blocked",
+		"closed-first", "route 127.0.0.0/8=blocked port:"+p+"=direct",
+		"by-version", "route ipv6=blocked ipv4=direct default=blocked",
+	)
+	dest := funnel.MakeAddr("127.0.0.1", port(echo))
+	c, err := profile("open-first").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, dest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, c)
+	c.Close()
+
+	_, err = profile("closed-first").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, dest))
+	wantKind(t, err, funnel.KindDenied)
+
+	c, err = profile("by-version").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, dest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, c)
+	c.Close()
+	_, err = profile("by-version").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("::1", port(echo))))
+	wantKind(t, err, funnel.KindDenied)
+}
+
+// hosts above route resolves first, so route sees the address; route above
+// hosts sees the name. Both orders are useful and the test pins both.
+func TestRouteWithHosts(t *testing.T) {
+	echo := testutil.EchoServer(t)
+	uecho := testutil.UDPEchoServer(t)
+	profile := mustProfile(t,
+		"direct", "direct",
+		"blocked", "deny all=true",
+		"resolved", "hosts demo.test=127.0.0.1",
+		"a", "hosts demo.test=127.0.0.1 | route .test=blocked default=direct",
+		"b", "route .test=resolved name=blocked default=direct",
+	)
+	demo := funnel.MakeAddr("demo.test", port(echo))
+	other := funnel.MakeAddr("other.test", port(echo))
+	for _, name := range []string{"a", "b"} {
+		c, err := profile(name).DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, demo))
+		if err != nil {
+			t.Fatalf("profile %s: %v", name, err)
+		}
+		if _, ok := c.(*net.TCPConn); !ok {
+			t.Errorf("profile %s handed back a %T, want *net.TCPConn", name, c)
+		}
+		echoOnce(t, c)
+		c.Close()
+
+		dc, err := profile(name).DialDgram(ctx(t), funnel.NewFlow("test", funnel.UDP, funnel.MakeAddr("demo.test", port(uecho))))
+		if err != nil {
+			t.Fatalf("profile %s: %v", name, err)
+		}
+		echoDgram(t, dc)
+		dc.Close()
+	}
+	// In a, other.test is still a name when it reaches route: refused.
+	_, err := profile("a").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, other))
+	wantKind(t, err, funnel.KindDenied)
+	// In b, a name outside .test is refused by the name rule, before direct
+	// would try to resolve it.
+	_, err = profile("b").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("example.invalid", 80)))
+	wantKind(t, err, funnel.KindDenied)
+}
+
+func TestCompileErrors(t *testing.T) {
+	tests := []struct {
+		text string
+		want string
+	}{
+		{"route .example.org=nowhere", `p.profile:1:20: piece "route": .example.org=nowhere: no profile named "nowhere"`},
+		{"route 10.0.0.0/33=direct", `p.profile:1:7: piece "route": "10.0.0.0/33" is not a CIDR`},
+		{"route\n  port:25=direct\n  port:9000-8000=direct", `p.profile:3:3: piece "route": "port:9000-8000": port range 9000-8000 runs backwards`},
+		{"route port:25,port:99999=direct", `p.profile:1:15: piece "route": "port:99999": port "99999" is not a number`},
+		{"route default=nowhere", `p.profile:1:15: piece "route": default=nowhere: no profile named "nowhere"`},
+		{"route default=direct default=direct", `p.profile:1:22: piece "route": default= given twice`},
+		{"route .test=", `p.profile:1:13: piece "route": .test= needs a profile name`},
+		{"route .test=direct | direct", `p.profile:1:22: piece "direct" follows piece "route", which already ends the chain`},
+	}
+	for _, tc := range tests {
+		_, err := compile(t, "direct", "direct", "p", tc.text)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("compiling %q: got %v, want an error containing %q", tc.text, err, tc.want)
+		}
+	}
+}
+
+func TestDefaultNeedsDirectProfile(t *testing.T) {
+	_, err := compile(t, "p", "route .test=p")
+	if err == nil || !strings.Contains(err.Error(), "default= is not given") {
+		t.Fatalf("got %v, want an error about the missing direct profile", err)
+	}
+}
+
+func TestLoopsAreRefused(t *testing.T) {
+	_, err := compile(t,
+		"direct", "direct",
+		"a", "route .test=b",
+		"b", "route port:80=a",
+	)
+	if err == nil || !strings.Contains(err.Error(), "loop") {
+		t.Fatalf("got %v, want a loop error", err)
+	}
+}
+
+func itoa(n uint16) string { return strconv.Itoa(int(n)) }

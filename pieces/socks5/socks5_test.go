@@ -1,0 +1,410 @@
+package socks5_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/testutil"
+	_ "github.com/funtun/funtun/pieces/direct"
+	_ "github.com/funtun/funtun/pieces/socks5"
+)
+
+func pipeline(t *testing.T, chain string) *funnel.Pipeline {
+	t.Helper()
+	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
+	if err != nil {
+		t.Fatalf("compile %q: %v", chain, err)
+	}
+	pl, _ := set.Profile("p")
+	return pl
+}
+
+func dial(t *testing.T, chain string, dest funnel.Addr) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return pipeline(t, chain).DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest))
+}
+
+// roundTrip sends a line and expects it echoed.
+func roundTrip(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := []byte("hello through the funnel\n")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo: got %q, want %q", got, msg)
+	}
+}
+
+// echoServer listens on 127.0.0.1 and, where it can, on ::1 with the same
+// port, so that "localhost" works whichever address the upstream resolves
+// it to. It reports the address each connection came from.
+func echoServer(t *testing.T) (port uint16, peers chan netip.Addr) {
+	t.Helper()
+	peers = make(chan netip.Addr, 16)
+	l4, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l4.Close() })
+	port = uint16(l4.Addr().(*net.TCPAddr).Port)
+	listeners := []net.Listener{l4}
+	if l6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
+		t.Cleanup(func() { l6.Close() })
+		listeners = append(listeners, l6)
+	}
+	for _, l := range listeners {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				select {
+				case peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap():
+				default:
+				}
+				go func() {
+					defer c.Close()
+					io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	return port, peers
+}
+
+func local(port uint16) funnel.Addr { return funnel.MakeAddr("127.0.0.1", port) }
+
+func startMicrosocks(t *testing.T, args ...string) string {
+	t.Helper()
+	bin := testutil.NeedTool(t, "microsocks")
+	port := testutil.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	testutil.StartDaemon(t, bin, append([]string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)...)
+	testutil.WaitListen(t, addr)
+	return addr
+}
+
+// startDanted runs dante's server in the foreground, accepting clients from
+// clientNet only. danted forks helper processes that outlive a killed
+// parent, so it gets its own process group and the whole group is stopped.
+func startDanted(t *testing.T, clientNet string) string {
+	t.Helper()
+	bin := testutil.NeedTool(t, "danted")
+	port := testutil.FreePort(t)
+	conf := filepath.Join(t.TempDir(), "danted.conf")
+	text := fmt.Sprintf(`logoutput: stderr
+internal: 127.0.0.1 port = %d
+external: lo
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {
+	from: %s to: 0.0.0.0/0
+}
+socks pass {
+	from: 0.0.0.0/0 to: 0.0.0.0/0
+	command: connect udpassociate
+}
+socks pass {
+	from: 0.0.0.0/0 to: 0.0.0.0/0
+	command: udpreply
+}
+`, port, clientNet)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-f", conf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		// Helpers may still be on their way out; make sure none is left.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("danted output:\n%s", out.String())
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	testutil.WaitListen(t, addr)
+	return addr
+}
+
+func wantKind(t *testing.T, err error, kind funnel.Kind, inMsg string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error; want %s", kind)
+	}
+	t.Logf("error as expected: %v", err)
+	if got := funnel.Classify(err); got != kind {
+		t.Fatalf("error %q is %s, want %s", err, got, kind)
+	}
+	if !strings.Contains(err.Error(), inMsg) {
+		t.Fatalf("error %q does not say %q", err, inMsg)
+	}
+}
+
+func TestConnectMicrosocks(t *testing.T) {
+	server := startMicrosocks(t)
+	port, _ := echoServer(t)
+	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
+		c, err := dial(t, "socks5 server="+server, dest)
+		if err != nil {
+			t.Fatalf("%s: %v", dest, err)
+		}
+		roundTrip(t, c)
+		// Nothing touches the bytes, so the relay must still see a kernel
+		// socket it can splice.
+		if _, ok := c.(*net.TCPConn); !ok {
+			t.Errorf("connection is %T, not *net.TCPConn", c)
+		}
+		c.Close()
+	}
+}
+
+func TestConnectDanted(t *testing.T) {
+	server := startDanted(t, "127.0.0.1/32")
+	port, _ := echoServer(t)
+	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
+		c, err := dial(t, "socks5 server="+server, dest)
+		if err != nil {
+			t.Fatalf("%s: %v", dest, err)
+		}
+		roundTrip(t, c)
+		c.Close()
+	}
+}
+
+// The piece nearest the network is the first hop. danted here accepts only
+// clients from 127.0.0.2, where microsocks connects from, so the flow can
+// only succeed by going through microsocks first.
+func TestChainMicrosocksThenDanted(t *testing.T) {
+	micro := startMicrosocks(t, "-b", "127.0.0.2")
+	dante := startDanted(t, "127.0.0.2/32")
+	port, peers := echoServer(t)
+
+	if c, err := dial(t, "socks5 server="+dante, local(port)); err == nil {
+		c.Close()
+		t.Fatal("danted accepted us directly; the chain test would prove nothing")
+	}
+	c, err := dial(t, "socks5 server="+dante+" | socks5 server="+micro, local(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c)
+	// danted's external side is lo; microsocks would have come from 127.0.0.2.
+	if peer := <-peers; peer != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("echo server saw %s, want danted at 127.0.0.1", peer)
+	}
+}
+
+// Two microsocks: the outer one (first in the chain) connects to the echo
+// server from 127.0.0.3; the inner one wants a password, and a wrong one
+// breaks the chain, which shows the flow really passes it.
+func TestChainTwoMicrosocks(t *testing.T) {
+	inner := startMicrosocks(t, "-u", "alice", "-P", "secret")
+	outer := startMicrosocks(t, "-b", "127.0.0.3")
+	port, peers := echoServer(t)
+
+	c, err := dial(t, "socks5 server="+outer+" | socks5 server="+inner+" user=alice pass=secret", local(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c)
+	if peer := <-peers; peer != netip.MustParseAddr("127.0.0.3") {
+		t.Fatalf("echo server saw %s, want the outer microsocks at 127.0.0.3", peer)
+	}
+
+	_, err = dial(t, "socks5 server="+outer+" | socks5 server="+inner+" user=alice pass=wrong", local(port))
+	wantKind(t, err, funnel.KindDenied, "authentication failed")
+}
+
+func TestAuthMicrosocks(t *testing.T) {
+	server := startMicrosocks(t, "-u", "alice", "-P", "secret")
+	port, _ := echoServer(t)
+
+	c, err := dial(t, "socks5 server="+server+" user=alice pass=secret", local(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c)
+	c.Close()
+
+	_, err = dial(t, "socks5 server="+server+" user=alice pass=wrong", local(port))
+	wantKind(t, err, funnel.KindDenied, `authentication failed for user "alice"`)
+
+	_, err = dial(t, "socks5 server="+server, local(port))
+	wantKind(t, err, funnel.KindDenied, "requires authentication")
+}
+
+func TestRefused(t *testing.T) {
+	closed := uint16(testutil.FreePort(t))
+	for name, server := range map[string]string{
+		"microsocks": startMicrosocks(t),
+		"danted":     startDanted(t, "127.0.0.1/32"),
+	} {
+		_, err := dial(t, "socks5 server="+server, local(closed))
+		t.Logf("%s: %v", name, err)
+		if got := funnel.Classify(err); got != funnel.KindRefused {
+			t.Errorf("%s: error %v is %s, want %s", name, err, got, funnel.KindRefused)
+		}
+	}
+}
+
+func TestServerNotThere(t *testing.T) {
+	closed := testutil.FreePort(t)
+	_, err := dial(t, fmt.Sprintf("socks5 server=127.0.0.1:%d", closed), local(80))
+	wantKind(t, err, funnel.KindRefused, "reaching socks5 server")
+}
+
+// A server that accepts and never answers: the handshake times out.
+func TestHandshakeTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	_, err = dial(t, "socks5 timeout=100ms server="+l.Addr().String(), local(80))
+	wantKind(t, err, funnel.KindTimeout, "no answer to the handshake within timeout=100ms")
+}
+
+func udpEcho(t *testing.T) uint16 {
+	t.Helper()
+	a := testutil.UDPEchoServer(t)
+	// The same port on ::1, for "localhost" resolved either way.
+	if c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6loopback, Port: a.Port}); err == nil {
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := c.ReadFromUDP(buf)
+				if err != nil {
+					return
+				}
+				c.WriteToUDP(buf[:n], from)
+			}
+		}()
+	}
+	return uint16(a.Port)
+}
+
+func dgramRoundTrips(t *testing.T, dc funnel.DgramConn, from netip.AddrPort) {
+	t.Helper()
+	for i := range 3 {
+		msg := fmt.Appendf(nil, "datagram %d", i)
+		fr := funnel.NewFrame()
+		fr.SetLen(copy(fr.Room(), msg))
+		if err := dc.WriteFrame(fr); err != nil {
+			t.Fatal(err)
+		}
+		dc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := dc.ReadFrame()
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if !bytes.Equal(got.Bytes(), msg) {
+			t.Errorf("got %q, want %q", got.Bytes(), msg)
+		}
+		if from.IsValid() && got.Src != from {
+			t.Errorf("answer from %s, want %s", got.Src, from)
+		}
+		got.Release()
+	}
+}
+
+func TestUDPAssociateDanted(t *testing.T) {
+	server := startDanted(t, "127.0.0.1/32")
+	port := udpEcho(t)
+	pl := pipeline(t, "socks5 server="+server)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	dc, err := pl.DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgramRoundTrips(t, dc, local(port).AddrPort())
+	dc.Close()
+
+	dc, err = pl.DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, funnel.MakeAddr("localhost", port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgramRoundTrips(t, dc, netip.AddrPort{})
+	dc.Close()
+}
+
+func TestUDPAssociateMicrosocksUnsupported(t *testing.T) {
+	server := startMicrosocks(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := pipeline(t, "socks5 server="+server).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(53)))
+	wantKind(t, err, funnel.KindNotSupported, "command not supported")
+}
+
+func TestParams(t *testing.T) {
+	for chain, want := range map[string]string{
+		"socks5":                                    "needs server=HOST:PORT",
+		"socks5 server=nowhere":                     "want HOST:PORT",
+		"socks5 server=127.0.0.1:1080 pass=x":       "a password needs user=",
+		"socks5 server=127.0.0.1:1080 timeout=soon": "not a duration",
+	} {
+		_, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one saying %q", chain, err, want)
+		}
+	}
+	_, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: "socks5 server=127.0.0.1:1080 user=u pass=p timeout=2s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pe *funnel.PosError
+	_, err = funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: "socks5 server=x"}})
+	if !errors.As(err, &pe) {
+		t.Fatalf("error %v names no position", err)
+	}
+}

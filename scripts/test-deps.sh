@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the real programs the test suite talks to. Safe to run again: it
+# installs only what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+# Debian package -> a program it provides (to see whether it is there).
+pkgs=(
+  "curl:curl" "wget:wget" "socat:socat" "iperf3:iperf3" "tshark:tshark"
+  "ncat:ncat" "tinyproxy:tinyproxy" "dante-server:danted" "dante-client:socksify"
+  "microsocks:microsocks" "proxychains4:proxychains4" "tsocks:tsocks"
+  "dnsutils:dig" "nodejs:node" "python3-socks:/usr/lib/python3/dist-packages/socks.py"
+  "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
+  "nftables:nft" "strace:strace"
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  pkg=${p%%:*} prog=${p#*:}
+  if [[ $prog == /* ]]; then [[ -e $prog ]] && continue
+  else command -v "$prog" >/dev/null 2>&1 || [[ -x /usr/sbin/$prog ]] && continue
+  fi
+  missing+=("$pkg")
+done
+if ((${#missing[@]} == 0)); then
+  echo "test-deps: all test tools present"
+  exit 0
+fi
+echo "test-deps: installing ${missing[*]}"
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Package installs may start daemons we only want as test peers.
+for svc in danted tinyproxy; do
+  $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO pkill -x "$svc" >/dev/null 2>&1 || true
+done
+echo "test-deps: done"
