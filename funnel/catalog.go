@@ -106,23 +106,28 @@ func (c *Catalog) Sources() ([]Source, error) {
 	return out, errors.Join(errs...)
 }
 
-// Load compiles every profile and makes the result current. On any error
-// the current set (if any) stays, and the error names every problem.
+// Load compiles every profile and makes the result current. A reload is
+// atomic: on any error the current set stays, and the error names every
+// problem. The first load has nothing to keep, so it makes the profiles
+// that compiled current and still returns the error: the caller decides
+// whether a broken profile it does not use is a warning (see Resolve, which
+// repeats a broken profile's error when asked for it).
 func (c *Catalog) Load() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	srcs, err := c.Sources()
-	if err != nil {
-		return err
-	}
+	srcs, srcErr := c.Sources()
 	set, err := CompileSet(srcs)
-	if err != nil {
+	err = errors.Join(srcErr, err)
+	old := c.cur.Load()
+	if err != nil && old != nil {
+		set.closePieces()
 		return err
 	}
-	if old := c.cur.Swap(set); old != nil {
+	c.cur.Store(set)
+	if old != nil {
 		old.retire()
 	}
-	return nil
+	return err
 }
 
 // Current is the set in force.
@@ -187,6 +192,9 @@ func (c *Catalog) Resolve(sel Selector) (*Pipeline, error) {
 	}
 	pl, ok := set.Profile(name)
 	if !ok {
+		if err := set.Broken(name); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("no profile named %q: put it in %s (see `funtun profiles` for the known ones)", name, filepath.Join(firstOr(c.Dirs, "~/.config/funtun/profiles"), name+ProfileExt))
 	}
 	return pl, nil

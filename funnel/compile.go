@@ -161,6 +161,7 @@ type Source struct {
 type Set struct {
 	profiles map[string]*Pipeline
 	sources  map[string]Source
+	broken   map[string]error
 	order    []string
 	chains   sync.Map // inline chain text -> *Pipeline or error
 	active   atomic.Int64
@@ -183,10 +184,12 @@ func (b *builder) Ref(name string) (*ProfileRef, error) {
 	return r, nil
 }
 
-// CompileSet compiles every source; the error lists every profile that
-// failed, one line each, and no set is returned then.
+// CompileSet compiles every source. The set always holds the profiles that
+// compiled; the error lists every one that did not (and every profile that
+// refers to a broken one, or loops), one line each. Broken profiles are
+// remembered so that asking for one by name repeats its error.
 func CompileSet(sources []Source) (*Set, error) {
-	s := &Set{profiles: map[string]*Pipeline{}, sources: map[string]Source{}}
+	s := &Set{profiles: map[string]*Pipeline{}, sources: map[string]Source{}, broken: map[string]error{}}
 	for _, src := range sources {
 		if _, dup := s.sources[src.Name]; !dup {
 			s.order = append(s.order, src.Name)
@@ -199,19 +202,40 @@ func CompileSet(sources []Source) (*Set, error) {
 		pl, err := compile(s, src.Name, src.Origin, src.Origin, src.Text)
 		if err != nil {
 			errs = append(errs, err)
+			s.broken[name] = err
 			continue
 		}
 		s.profiles[name] = pl
 	}
-	if len(errs) == 0 {
-		errs = append(errs, s.checkLoops()...)
+	errs = append(errs, s.checkLoops()...)
+	// A profile that routes to a broken one is broken too; repeat until
+	// nothing changes, since breakage travels along chains of references.
+	for changed := true; changed; {
+		changed = false
+		for _, name := range s.order {
+			pl := s.profiles[name]
+			if pl == nil {
+				continue
+			}
+			for _, r := range pl.refs {
+				if cause, bad := s.broken[r.Name]; bad {
+					err := fmt.Errorf("%s: profile %s refers to profile %s, which is broken: %w", s.sources[name].Origin, name, r.Name, cause)
+					s.broken[name] = err
+					delete(s.profiles, name)
+					for _, p := range pl.pieces {
+						closePiece(p)
+					}
+					changed = true
+					break
+				}
+			}
+		}
 	}
-	if len(errs) > 0 {
-		s.closePieces()
-		return nil, errors.Join(errs...)
-	}
-	return s, nil
+	return s, errors.Join(errs...)
 }
+
+// Broken returns the compile error of a profile that failed, if it did.
+func (s *Set) Broken(name string) error { return s.broken[name] }
 
 func (s *Set) checkLoops() []error {
 	const (
@@ -225,7 +249,11 @@ func (s *Set) checkLoops() []error {
 	visit = func(name string, path []string) {
 		switch state[name] {
 		case visiting:
-			errs = append(errs, fmt.Errorf("%s: profiles refer to each other in a loop: %s", s.sources[name].Origin, strings.Join(append(path, name), " -> ")))
+			err := fmt.Errorf("%s: profiles refer to each other in a loop: %s", s.sources[name].Origin, strings.Join(append(path, name), " -> "))
+			errs = append(errs, err)
+			for _, p := range path {
+				s.broken[p] = err
+			}
 			return
 		case done:
 			return

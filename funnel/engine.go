@@ -14,13 +14,20 @@ type Engine struct {
 	Log     *slog.Logger
 }
 
-// NewEngine loads the catalog; the error names every broken profile.
+// NewEngine loads the catalog. Profiles that do not compile are logged as
+// warnings and left out; using one by name repeats its error.
 func NewEngine(c *Catalog, log *slog.Logger) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	e := &Engine{Catalog: c, Log: log}
-	return e, c.Load()
+	if err := c.Load(); err != nil {
+		if c.Current() == nil {
+			return nil, err
+		}
+		log.Warn("some profiles do not compile and are left out (`funtun profiles check` lists them)", "err", err)
+	}
+	return e, nil
 }
 
 // Reload recompiles all profiles; on error the old set stays in force and

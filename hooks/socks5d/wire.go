@@ -31,6 +31,7 @@ const (
 	replySucceeded        = 0
 	replyGeneral          = 1
 	replyNotAllowed       = 2
+	replyHostUnreachable  = 4
 	replyCmdNotSupported  = 7
 	replyAddrNotSupported = 8
 )
@@ -201,7 +202,7 @@ func readRequest(w *wireReader) (request, error) {
 		}
 		name := string(b[:n])
 		if err := checkName(name); err != nil {
-			return request{}, protoErrorf(replyHostUnreachableCode, "%v", err)
+			return request{}, protoErrorf(replyHostUnreachable, "%v", err)
 		}
 		dest = funnel.MakeAddr(name, binary.BigEndian.Uint16(b[n:]))
 	default:
@@ -215,8 +216,6 @@ func readRequest(w *wireReader) (request, error) {
 	}
 	return req, nil
 }
-
-const replyHostUnreachableCode = 4
 
 // checkName refuses names that no resolver would find but that could
 // confuse what comes after (a NUL cutting a C string short, an empty name).
@@ -250,7 +249,7 @@ func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
 		b = append(b, a[:]...)
 	case ip.Is6():
 		a := ip.As16()
-		b = append(b, atypIPv4+3)
+		b = append(b, atypIPv6)
 		b = append(b, a[:]...)
 	default:
 		b = append(b, atypIPv4, 0, 0, 0, 0)

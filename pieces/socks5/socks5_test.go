@@ -108,16 +108,16 @@ func startMicrosocks(t *testing.T, args ...string) string {
 }
 
 // startDanted runs dante's server in the foreground, accepting clients from
-// clientNet only. danted forks helper processes that outlive a killed
+// clientNet only and reaching out from external (an interface or address). danted forks helper processes that outlive a killed
 // parent, so it gets its own process group and the whole group is stopped.
-func startDanted(t *testing.T, clientNet string) string {
+func startDanted(t *testing.T, clientNet, external string) string {
 	t.Helper()
 	bin := testutil.NeedTool(t, "danted")
 	port := testutil.FreePort(t)
 	conf := filepath.Join(t.TempDir(), "danted.conf")
 	text := fmt.Sprintf(`logoutput: stderr
 internal: 127.0.0.1 port = %d
-external: lo
+external: %s
 socksmethod: none
 clientmethod: none
 user.privileged: root
@@ -133,7 +133,7 @@ socks pass {
 	from: 0.0.0.0/0 to: 0.0.0.0/0
 	command: udpreply
 }
-`, port, clientNet)
+`, port, external, clientNet)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestConnectMicrosocks(t *testing.T) {
 }
 
 func TestConnectDanted(t *testing.T) {
-	server := startDanted(t, "127.0.0.1/32")
+	server := startDanted(t, "127.0.0.1/32", "lo")
 	port, _ := echoServer(t)
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "socks5 server="+server, dest)
@@ -215,7 +215,7 @@ func TestConnectDanted(t *testing.T) {
 // only succeed by going through microsocks first.
 func TestChainMicrosocksThenDanted(t *testing.T) {
 	micro := startMicrosocks(t, "-b", "127.0.0.2")
-	dante := startDanted(t, "127.0.0.2/32")
+	dante := startDanted(t, "127.0.0.2/32", "lo")
 	port, peers := echoServer(t)
 
 	if c, err := dial(t, "socks5 server="+dante, local(port)); err == nil {
@@ -278,7 +278,7 @@ func TestRefused(t *testing.T) {
 	closed := uint16(testutil.FreePort(t))
 	for name, server := range map[string]string{
 		"microsocks": startMicrosocks(t),
-		"danted":     startDanted(t, "127.0.0.1/32"),
+		"danted":     startDanted(t, "127.0.0.1/32", "lo"),
 	} {
 		_, err := dial(t, "socks5 server="+server, local(closed))
 		t.Logf("%s: %v", name, err)
@@ -357,7 +357,7 @@ func dgramRoundTrips(t *testing.T, dc funnel.DgramConn, from netip.AddrPort) {
 }
 
 func TestUDPAssociateDanted(t *testing.T) {
-	server := startDanted(t, "127.0.0.1/32")
+	server := startDanted(t, "127.0.0.1/32", "lo")
 	port := udpEcho(t)
 	pl := pipeline(t, "socks5 server="+server)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -407,4 +407,26 @@ func TestParams(t *testing.T) {
 	if !errors.As(err, &pe) {
 		t.Fatalf("error %v names no position", err)
 	}
+}
+
+// UDP through two danted: the first piece's control connection goes through
+// the second server by CONNECT, and its datagrams through the second
+// server's own UDP association. The outer server takes clients from
+// 127.0.0.2 only, where the inner one reaches out from.
+func TestUDPAssociateChainTwoDanted(t *testing.T) {
+	inner := startDanted(t, "127.0.0.1/32", "127.0.0.2")
+	outer := startDanted(t, "127.0.0.2/32", "lo")
+	port := udpEcho(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if dc, err := pipeline(t, "socks5 server="+outer).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port))); err == nil {
+		dc.Close()
+		t.Fatal("the outer danted accepted us directly; the chain test would prove nothing")
+	}
+	dc, err := pipeline(t, "socks5 server="+outer+" | socks5 server="+inner).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	dgramRoundTrips(t, dc, local(port).AddrPort())
 }

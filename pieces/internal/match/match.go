@@ -5,6 +5,7 @@
 package match
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -246,7 +247,8 @@ func ParseList(s string) (List, error) {
 // At turns a parse error into a compile error at a place in a profile,
 // moved to the failing element of a list when the error says which.
 func At(pos funnel.Pos, piece string, err error) error {
-	if le, ok := err.(*ListError); ok {
+	var le *ListError
+	if errors.As(err, &le) {
 		pos.Col += le.Offset
 	}
 	return &funnel.PosError{Pos: pos, Msg: fmt.Sprintf("piece %q: %v", piece, err)}

@@ -1,0 +1,65 @@
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// Funtun returns the path of a funtun binary: $FUNTUN_BIN/funtun when the
+// test command built one, else one built once for this test binary.
+func Funtun(t testing.TB) string {
+	t.Helper()
+	if dir := os.Getenv("FUNTUN_BIN"); dir != "" {
+		p := filepath.Join(dir, "funtun")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "funtun-test-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "funtun")
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/funtun")
+		cmd.Dir = repoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = &buildError{out: string(out), err: err}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("building funtun: %v", buildErr)
+	}
+	return buildPath
+}
+
+type buildError struct {
+	out string
+	err error
+}
+
+func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// ProfileDir makes an empty profile directory and points FUNTUN_PROFILE_PATH
+// of the returned environment at it, so tests never read the user's own.
+func ProfileDir(t testing.TB) (dir string, env []string) {
+	t.Helper()
+	dir = t.TempDir()
+	return dir, append(os.Environ(), "FUNTUN_PROFILE_PATH="+dir)
+}
