@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GOFILES := $(shell find . -name '*.go' -not -path './bench/*' 2>/dev/null)
 CFILES  := $(wildcard preload/*.c preload/*.h)
 
-.PHONY: all build test test-deps vet demo bench install clean
+.PHONY: all build run test test-deps vet demo bench install clean
 
 all: build
 
@@ -51,3 +51,8 @@ install: build
 
 clean:
 	rm -rf bin
+
+# The quick start's main job: a SOCKS5 daemon on 127.0.0.1:1080 running the
+# built-in default profile (direct).
+run: build
+	bin/funtun socks5d --listen 127.0.0.1:1080 profile=direct

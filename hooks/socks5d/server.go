@@ -1,0 +1,632 @@
+package socks5d
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+)
+
+// Server is one running SOCKS5 daemon: it speaks RFC 1928/1929 with clients
+// and hands every CONNECT, BIND and UDP ASSOCIATE to the engine as flows.
+type Server struct {
+	Engine   *funnel.Engine
+	Selector funnel.Selector
+	// Allow lists the client networks served; empty serves everyone.
+	Allow []netip.Prefix
+	// HandshakeTimeout bounds the greeting, authentication and request.
+	HandshakeTimeout time.Duration
+	// IdleTimeout ends a TCP flow after this long without a byte either
+	// way (checked every IdleTimeout, so it ends between one and two
+	// periods after the last byte); 0 never does.
+	IdleTimeout time.Duration
+	// UDPIdle ends one destination of a UDP association after this long
+	// without a datagram.
+	UDPIdle time.Duration
+	// BindTimeout is how long BIND waits for the incoming connection.
+	BindTimeout time.Duration
+	// MaxConns bounds the client connections served at once; one more is
+	// accepted and closed at once rather than queued.
+	MaxConns int
+	Log      *slog.Logger
+
+	users   atomic.Pointer[Users] // nil: no authentication
+	mapping atomic.Pointer[Map]   // nil: CONNECT goes out through the profile
+
+	active  atomic.Int64
+	refused atomic.Int64
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	lastMax time.Time
+}
+
+// SetUsers switches the users file in force; nil turns authentication off.
+func (s *Server) SetUsers(u *Users) { s.users.Store(u) }
+
+// SetMap switches the server-side map in force; nil turns it off.
+func (s *Server) SetMap(m *Map) { s.mapping.Store(m) }
+
+func (s *Server) defaults() {
+	if s.HandshakeTimeout <= 0 {
+		s.HandshakeTimeout = 10 * time.Second
+	}
+	if s.UDPIdle <= 0 {
+		s.UDPIdle = 2 * time.Minute
+	}
+	if s.BindTimeout <= 0 {
+		s.BindTimeout = 2 * time.Minute
+	}
+	if s.MaxConns <= 0 {
+		s.MaxConns = 10000
+	}
+	if s.Log == nil {
+		s.Log = slog.Default()
+	}
+}
+
+// Serve accepts on every listener until ctx ends or one fails; then it
+// closes the listeners and every client connection, and waits for them.
+func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
+	s.defaults()
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[net.Conn]struct{}{}
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- s.acceptLoop(ctx, l, &wg)
+		}()
+	}
+	go func() {
+		<-ctx.Done()
+		for _, l := range ls {
+			l.Close()
+		}
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	}()
+	var first error
+	for range ls {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	cancel()
+	wg.Wait()
+	return first
+}
+
+func (s *Server) acceptLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				s.Log.Warn("accept", "listen", l.Addr().String(), "err", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(50 * time.Millisecond):
+				}
+				continue
+			}
+			return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
+		}
+		if s.active.Add(1) > int64(s.MaxConns) {
+			// Refuse at once: a queue would let a flood hold descriptors
+			// and memory without bound.
+			s.active.Add(-1)
+			c.Close()
+			s.noteRefused()
+			continue
+		}
+		if !s.track(c, true) {
+			s.active.Add(-1)
+			c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.active.Add(-1)
+			defer s.track(c, false)
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+// track registers a client connection so that shutdown can close it; it
+// refuses new ones once ctx is done (the map is gone then).
+func (s *Server) track(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.conns == nil {
+			return false
+		}
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	return true
+}
+
+func (s *Server) noteRefused() {
+	n := s.refused.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.lastMax) >= 10*time.Second {
+		s.lastMax = time.Now()
+		s.Log.Warn("too many connections: refusing new ones (raise --max-conns?)", "max_conns", s.MaxConns, "refused_total", n)
+	}
+}
+
+// Active is the number of client connections being served.
+func (s *Server) Active() int { return int(s.active.Load()) }
+
+func (s *Server) allowed(remote net.Addr) bool {
+	if len(s.Allow) == 0 {
+		return true
+	}
+	ap := addrPortOf(remote)
+	if !ap.IsValid() {
+		// A Unix socket from systemd: only local processes reach it.
+		return true
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range s.Allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+var readerPool = sync.Pool{New: func() any { return new(wireReader) }}
+
+// session is one client connection's state during the handshake.
+type session struct {
+	s      *Server
+	c      net.Conn
+	w      *wireReader
+	user   string
+	entry  userEntry
+	reply  [4 + 16 + 2]byte // room for the longest reply we send
+	closed bool
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	ss := &session{s: s, c: c, w: readerPool.Get().(*wireReader)}
+	ss.w.r, ss.w.start, ss.w.end = c, 0, 0
+	defer func() {
+		if ss.w != nil {
+			ss.releaseReader()
+		}
+		c.Close()
+	}()
+	c.SetDeadline(time.Now().Add(s.HandshakeTimeout))
+	req, ok := ss.handshake()
+	if !ok {
+		return
+	}
+	sel := s.Selector
+	if ss.entry.profile != "" {
+		sel = funnel.Selector{Profile: ss.entry.profile}
+	}
+	pl, err := s.Engine.Resolve(sel)
+	if err != nil {
+		s.Log.Error("no profile for flow", "src", c.RemoteAddr().String(), "user", ss.user, "err", err)
+		ss.sendReply(replyGeneral, netip.AddrPort{})
+		return
+	}
+	switch req.cmd {
+	case cmdConnect:
+		if m := s.mapping.Load(); m != nil {
+			ss.serveMapped(ctx, pl, m, req)
+			return
+		}
+		ss.serveConnect(ctx, pl, req)
+	case cmdBind:
+		ss.serveBind(ctx, pl, req)
+	case cmdUDPAssociate:
+		ss.serveUDP(ctx, pl, req)
+	}
+}
+
+func (ss *session) releaseReader() {
+	ss.w.r = nil
+	readerPool.Put(ss.w)
+	ss.w = nil
+}
+
+// handshake runs method selection, authentication and the request. It
+// answers every failure the way the protocol says and reports whether
+// serving may go on.
+func (ss *session) handshake() (request, bool) {
+	s, c, w := ss.s, ss.c, ss.w
+	src := c.RemoteAddr().String()
+	methods, err := readGreeting(w)
+	if err != nil {
+		ss.logProto("greeting", err)
+		return request{}, false
+	}
+	if !s.allowed(c.RemoteAddr()) {
+		// Tell the client why where the protocol has a way to: reply 2
+		// (not allowed by ruleset) to its request.
+		s.Log.Warn("client not in --allow: refused", "src", src)
+		if !offers(methods, methodNone) {
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return request{}, false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+			return request{}, false
+		}
+		if _, err := readRequest(w); err != nil {
+			var pe *protoError
+			if !errors.As(err, &pe) {
+				return request{}, false
+			}
+		}
+		ss.sendReply(replyNotAllowed, netip.AddrPort{})
+		return request{}, false
+	}
+	if users := s.users.Load(); users != nil {
+		if !offers(methods, methodPassword) {
+			s.Log.Warn("client offers no username/password method, and --users requires one: refused", "src", src)
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return request{}, false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodPassword}); err != nil {
+			return request{}, false
+		}
+		user, pass, err := readPassword(w)
+		if err != nil {
+			ss.logProto("username/password request", err)
+			var pe *protoError
+			if errors.As(err, &pe) {
+				c.Write([]byte{authVersion, 1})
+			}
+			return request{}, false
+		}
+		e, ok := users.Check(user, pass)
+		if !ok {
+			s.Log.Warn("authentication failed", "src", src, "user", user)
+			c.Write([]byte{authVersion, 1})
+			return request{}, false
+		}
+		if _, err := c.Write([]byte{authVersion, 0}); err != nil {
+			return request{}, false
+		}
+		ss.user, ss.entry = user, e
+	} else {
+		if !offers(methods, methodNone) {
+			s.Log.Warn("client offers only methods that need --users (e.g. username/password): refused", "src", src, "methods", fmt.Sprint(methods))
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return request{}, false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+			return request{}, false
+		}
+	}
+	req, err := readRequest(w)
+	if err != nil {
+		ss.logProto("request", err)
+		var pe *protoError
+		if errors.As(err, &pe) && pe.reply != 0 {
+			ss.sendReply(pe.reply, netip.AddrPort{})
+		}
+		return request{}, false
+	}
+	return req, true
+}
+
+func offers(methods []byte, m byte) bool {
+	for _, x := range methods {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
+func (ss *session) logProto(what string, err error) {
+	var pe *protoError
+	switch {
+	case errors.As(err, &pe):
+		ss.s.Log.Warn("malformed SOCKS5 "+what, "src", ss.c.RemoteAddr().String(), "err", err)
+	case errors.Is(err, io.EOF):
+		// A port scan or a health check: not worth a warning.
+		ss.s.Log.Debug("client closed during the handshake", "src", ss.c.RemoteAddr().String())
+	default:
+		ss.s.Log.Debug("SOCKS5 "+what, "src", ss.c.RemoteAddr().String(), "err", err)
+	}
+}
+
+func (ss *session) sendReply(code byte, bound netip.AddrPort) error {
+	_, err := ss.c.Write(appendReply(ss.reply[:0], code, bound))
+	return err
+}
+
+// newFlow makes the flow for a request, with the client's identity.
+func (ss *session) newFlow(network funnel.Network, dest funnel.Addr) *funnel.Flow {
+	f := ss.s.Engine.NewFlow("socks5d", network, dest)
+	f.Source = ss.c.RemoteAddr()
+	f.User = ss.user
+	return f
+}
+
+// boundAddr is what BND.ADDR/BND.PORT report for a connection we made: its
+// real local address when the chain's connection knows one, else the
+// address the client reached us on.
+func (ss *session) boundAddr(up net.Conn) netip.AddrPort {
+	if up != nil {
+		if ap := addrPortOf(up.LocalAddr()); ap.IsValid() && ap.Port() != 0 {
+			return ap
+		}
+	}
+	return addrPortOf(ss.c.LocalAddr())
+}
+
+func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req request) {
+	s := ss.s
+	f := ss.newFlow(funnel.TCP, req.dest)
+	release := pl.Hold()
+	defer release()
+	up, err := pl.DialStream(ctx, f)
+	if err != nil {
+		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
+		s.Engine.End(f, err)
+		return
+	}
+	if err := ss.sendReply(replySucceeded, ss.boundAddr(up)); err != nil {
+		up.Close()
+		s.Engine.End(f, fmt.Errorf("sending the reply to the client: %w", err))
+		return
+	}
+	ss.c.SetDeadline(time.Time{})
+	if left := ss.w.leftover(); len(left) > 0 {
+		// Bytes the client sent before our reply (optimistic data).
+		up.SetWriteDeadline(time.Now().Add(s.HandshakeTimeout))
+		n, err := up.Write(left)
+		f.Up.Add(int64(n))
+		up.SetWriteDeadline(time.Time{})
+		if err != nil {
+			up.Close()
+			s.Engine.End(f, err)
+			return
+		}
+	}
+	ss.releaseReader()
+	stop := s.watchIdle(f, ss.c, up)
+	err = funnel.Relay(ss.c, up, f.Up, f.Down)
+	stop()
+	s.Engine.End(f, err)
+}
+
+// watchIdle closes a flow's connections once no byte moved either way for
+// a whole IdleTimeout period. It reads the relay's counters, so the client
+// connection stays unwrapped and spliceable, and holds no goroutine while
+// it waits.
+func (s *Server) watchIdle(f *funnel.Flow, conns ...io.Closer) (stop func()) {
+	if s.IdleTimeout <= 0 {
+		return func() {}
+	}
+	var mu sync.Mutex
+	var t *time.Timer
+	last := int64(-1)
+	mu.Lock()
+	t = time.AfterFunc(s.IdleTimeout, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		now := f.Up.Load() + f.Down.Load()
+		if now != last {
+			last = now
+			t.Reset(s.IdleTimeout)
+			return
+		}
+		f.Log.Debug("idle timeout: closing the flow", "idle", s.IdleTimeout)
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	last = f.Up.Load() + f.Down.Load()
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		t.Stop()
+		mu.Unlock()
+	}
+}
+
+// serveMapped is the server-side variant: the requested destination maps
+// to a local service, and the client's connection travels up through the
+// profile's pieces (a tls piece terminates TLS) as an incoming flow.
+func (ss *session) serveMapped(ctx context.Context, pl *funnel.Pipeline, m *Map, req request) {
+	s := ss.s
+	f := ss.newFlow(funnel.TCP, req.dest)
+	rule, ok := m.Lookup(req.dest)
+	if !ok {
+		ss.sendReply(replyNotAllowed, netip.AddrPort{})
+		s.Engine.End(f, funnel.Errorf(funnel.KindDenied, "%s is not in the map %s", req.dest, m.Path))
+		return
+	}
+	release := pl.Hold()
+	defer release()
+	f.Log = f.Log.With("map", fmt.Sprintf("%s:%d", m.Path, rule.line), "target", rule.target.String())
+	dctx, cancel := context.WithTimeout(ctx, s.HandshakeTimeout)
+	app, wait, err := dialTarget(dctx, rule.target, f, ss.c)
+	cancel()
+	if err != nil {
+		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
+		s.Engine.End(f, fmt.Errorf("local service %s: %w", rule.target, err))
+		return
+	}
+	defer wait()
+	if err := ss.sendReply(replySucceeded, addrPortOf(ss.c.LocalAddr())); err != nil {
+		app.Close()
+		s.Engine.End(f, err)
+		return
+	}
+	ss.c.SetDeadline(time.Time{})
+	var netSide net.Conn = ss.c
+	if left := ss.w.leftover(); len(left) > 0 {
+		// The pieces (TLS first) must see what the client sent early.
+		netSide = &prefixConn{Conn: ss.c, prefix: append([]byte(nil), left...)}
+	}
+	ss.releaseReader()
+	// The pieces' own handshakes (TLS) get the same bound as ours.
+	ss.c.SetDeadline(time.Now().Add(s.HandshakeTimeout))
+	appSide, err := pl.AcceptStream(ctx, f, netSide)
+	ss.c.SetDeadline(time.Time{})
+	if err != nil {
+		app.Close()
+		s.Engine.End(f, err)
+		return
+	}
+	stop := s.watchIdle(f, appSide, app)
+	// Up is app toward network: here the application is the local service.
+	err = funnel.Relay(app, appSide, f.Up, f.Down)
+	stop()
+	s.Engine.End(f, err)
+}
+
+// prefixConn serves bytes read ahead before the connection's own.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// serveBind is RFC 1928's BIND: listen for one connection from the host
+// the client names, report the listening address, then the connecting
+// peer's, and join the two. The incoming connection travels up through
+// the profile's pieces as an incoming flow.
+func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req request) {
+	s := ss.s
+	f := ss.newFlow(funnel.TCP, req.dest)
+	release := pl.Hold()
+	defer release()
+	local := addrPortOf(ss.c.LocalAddr())
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.Addr().AsSlice(), Zone: local.Addr().Zone()})
+	if err != nil {
+		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
+		s.Engine.End(f, fmt.Errorf("bind: %w", err))
+		return
+	}
+	defer l.Close()
+	if err := ss.sendReply(replySucceeded, l.Addr().(*net.TCPAddr).AddrPort()); err != nil {
+		s.Engine.End(f, err)
+		return
+	}
+	ss.c.SetDeadline(time.Time{})
+	// The client sends nothing until the second reply; a read that
+	// returns means it gave up (or broke the protocol): stop waiting.
+	gone := make(chan struct{})
+	var early []byte
+	go func() {
+		defer close(gone)
+		var b [512]byte
+		n, _ := ss.c.Read(b[:])
+		early = append(early, b[:n]...)
+		l.Close()
+	}()
+	expect := req.dest.IP
+	var peer *net.TCPConn
+	l.SetDeadline(time.Now().Add(s.BindTimeout))
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			ss.c.SetReadDeadline(time.Now())
+			<-gone
+			ss.c.SetReadDeadline(time.Time{})
+			if ctx.Err() == nil {
+				ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
+			}
+			if len(early) == 0 && !errors.Is(err, net.ErrClosed) {
+				err = funnel.Errorf(funnel.KindTimeout, "bind: no connection within %v", s.BindTimeout)
+			} else {
+				err = errors.New("bind: the client closed its connection before a peer connected")
+			}
+			s.Engine.End(f, err)
+			return
+		}
+		from := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		if expect.IsValid() && !expect.IsUnspecified() && from.Addr().Unmap() != expect {
+			// Someone else found the port: not the host the client
+			// announced, so not its connection.
+			f.Log.Warn("bind: connection from an unexpected address refused", "from", from.String(), "want", expect.String())
+			c.Close()
+			continue
+		}
+		peer = c
+		break
+	}
+	l.Close()
+	// Stop the watcher without losing a byte it may have read.
+	ss.c.SetReadDeadline(time.Now())
+	<-gone
+	ss.c.SetReadDeadline(time.Time{})
+	if err := ss.sendReply(replySucceeded, peer.RemoteAddr().(*net.TCPAddr).AddrPort()); err != nil {
+		peer.Close()
+		s.Engine.End(f, err)
+		return
+	}
+	left := append(early, ss.w.leftover()...)
+	ss.releaseReader()
+	appSide, err := pl.AcceptStream(ctx, f, peer)
+	if err != nil {
+		s.Engine.End(f, err)
+		return
+	}
+	if len(left) > 0 {
+		n, err := appSide.Write(left)
+		f.Up.Add(int64(n))
+		if err != nil {
+			appSide.Close()
+			s.Engine.End(f, err)
+			return
+		}
+	}
+	stop := s.watchIdle(f, ss.c, appSide)
+	err = funnel.Relay(ss.c, appSide, f.Up, f.Down)
+	stop()
+	s.Engine.End(f, err)
+}
