@@ -18,6 +18,10 @@ func init() {
 		Name: "help", Summary: "show this help, or a command's: funtun help COMMAND",
 		Usage: "funtun help [COMMAND]\n\nShows the list of commands, or one command's --help.",
 		Run: func(ctx context.Context, env *cli.Env, args []string) int {
+			if wantsHelp(args) {
+				fmt.Fprintln(env.Stdout, "funtun help [COMMAND]\n\nShows the list of commands, or one command's --help.")
+				return 0
+			}
 			if len(args) > 0 {
 				if c, ok := cli.Lookup(args[0]); ok {
 					return c.Run(ctx, env, []string{"--help"})
