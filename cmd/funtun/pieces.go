@@ -2,5 +2,8 @@ package main
 
 // Every piece registers itself; importing it is all it takes to build it in.
 import (
+	_ "github.com/funtun/funtun/pieces/deny"
 	_ "github.com/funtun/funtun/pieces/direct"
+	_ "github.com/funtun/funtun/pieces/hosts"
+	_ "github.com/funtun/funtun/pieces/route"
 )

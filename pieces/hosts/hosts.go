@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/funtun/funtun/funnel"
@@ -97,7 +98,7 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	// Files come after the inline names so that a name written in the
 	// profile overrides the file's entry for it.
 	for _, x := range files {
-		if err := readFile(x.Value, inline); err != nil {
+		if err := readFile(hostsPath(x.Value, p.Pos.File), inline); err != nil {
 			return nil, &funnel.PosError{Pos: x.ValuePos, Msg: fmt.Sprintf("piece %q: file: %v", p.Piece, err)}
 		}
 	}
@@ -105,6 +106,21 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 		return nil, p.Fail("knows no names: give NAME=IP (e.g. demo.test=127.0.0.1) or file=PATH")
 	}
 	return h, nil
+}
+
+// hostsPath expands a leading ~/ and reads a relative path from the
+// profile file's directory, so a profile and its hosts file can travel
+// together; in an inline chain it is relative to the working directory.
+func hostsPath(path, profileFile string) string {
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	if !filepath.IsAbs(path) && filepath.IsAbs(profileFile) {
+		return filepath.Join(filepath.Dir(profileFile), path)
+	}
+	return path
 }
 
 // readFile reads /etc/hosts format: an address, then its names, # comments.

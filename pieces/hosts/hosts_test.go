@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,4 +266,98 @@ func TestLookupAllocatesNothing(t *testing.T) {
 	}
 }
 
-var _ = strconv.Itoa
+// TestForwardCurl runs the real binary: curl reaches a local HTTP server
+// through `funtun forward --to demo.test:PORT`, a name only hosts knows.
+func TestForwardCurl(t *testing.T) {
+	curl := testutil.NeedTool(t, "curl")
+	funtun := testutil.Funtun(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "index.html"), []byte("hello demo.test\n"), 0o644)
+	srvPort := strconv.Itoa(testutil.FreePort(t))
+	testutil.StartDaemon(t, "python3", "-m", "http.server", srvPort, "--bind", "127.0.0.1", "--directory", dir)
+	testutil.WaitListen(t, "127.0.0.1:"+srvPort)
+
+	_, env := testutil.ProfileDir(t)
+	listen := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+	fwd := exec.Command(funtun, "--debug", "forward", "--listen", listen, "--to", "demo.test:"+srvPort, "chain=hosts demo.test=127.0.0.1")
+	fwd.Env = env
+	var logs syncBuffer
+	fwd.Stdout, fwd.Stderr = &logs, &logs
+	if err := fwd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- fwd.Wait() }()
+	t.Cleanup(func() {
+		fwd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Logf("funtun log:\n%s", logs.String())
+		}
+	})
+	// Wait for the listener, but fail at once if funtun exits instead (a
+	// chain it cannot compile, say).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("funtun exited before listening: %v", err)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", listen, 200*time.Millisecond); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("funtun does not listen on %s after 10s", listen)
+		}
+	}
+
+	out, err := exec.Command(curl, "-sS", "--max-time", "10", "http://"+listen+"/index.html").CombinedOutput()
+	if err != nil || string(out) != "hello demo.test\n" {
+		t.Fatalf("curl: %v: %q", err, out)
+	}
+	// The debug line proves the name went through hosts, not the system.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "name=demo.test addr=127.0.0.1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no hosts debug line in the log")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestFilePaths(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "lab.hosts"), []byte("127.0.0.9 lab.test\n"), 0o644)
+	home := t.TempDir()
+	os.WriteFile(filepath.Join(home, "my.hosts"), []byte("127.0.0.8 home.test\n"), 0o644)
+	t.Setenv("HOME", home)
+
+	// A relative path is read beside the profile file that names it.
+	profile := filepath.Join(dir, "lab.profile")
+	set, err := funnel.CompileSet([]funnel.Source{{Name: "lab", Origin: profile, Text: "hosts file=lab.hosts file=~/my.hosts | hoststestprobe"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := set.Profile("lab")
+	probeSaw(t, pl, "lab.test", "127.0.0.9:80")
+	probeSaw(t, pl, "home.test", "127.0.0.8:80")
+}

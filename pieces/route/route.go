@@ -46,6 +46,11 @@ func New(p *funnel.Params, b funnel.Builder) (funnel.Piece, error) {
 		if x.Value == "" {
 			return nil, &funnel.PosError{Pos: x.ValuePos, Msg: fmt.Sprintf("piece %q: %s= needs a profile name", p.Piece, x.Key)}
 		}
+		if b == nil {
+			// `funtun pieces route` builds the piece only to show its
+			// shapes; such a route refuses flows (see choose).
+			return nil, nil
+		}
 		to, err := b.Ref(x.Value)
 		if err != nil {
 			return nil, &funnel.PosError{Pos: x.ValuePos, Msg: fmt.Sprintf("piece %q: %s=%s: %v", p.Piece, x.Key, x.Value, err)}
@@ -76,7 +81,7 @@ func New(p *funnel.Params, b funnel.Builder) (funnel.Piece, error) {
 		}
 		r.rules = append(r.rules, rule{match: l, to: to})
 	}
-	if r.other == nil {
+	if r.other == nil && b != nil {
 		to, err := b.Ref("direct")
 		if err != nil {
 			return nil, p.Fail("flows that match no rule go to profile direct when default= is not given: %v", err)
@@ -98,6 +103,9 @@ func (r *Route) choose(ctx context.Context, f *funnel.Flow) (*funnel.Pipeline, e
 			to, why = ru.to, ru.match.String()
 			break
 		}
+	}
+	if to == nil {
+		return nil, funnel.Errorf(funnel.KindGeneral, "route: built without the profile compiler, it knows no profiles")
 	}
 	if f.Log != nil && f.Log.Enabled(ctx, slog.LevelDebug) {
 		f.Log.Debug("route", "dst", f.Dest.String(), "rule", why, "to", to.Name)

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,3 +274,103 @@ func TestLoopsAreRefused(t *testing.T) {
 }
 
 func itoa(n uint16) string { return strconv.Itoa(int(n)) }
+
+func TestPiecesCommandBuildsWithoutCompiler(t *testing.T) {
+	// `funtun pieces route` calls New with no Builder to show the shapes.
+	info, _ := funnel.Lookup("route")
+	p, err := info.New(funnel.NewParams("route", ".test", "blocked"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := funnel.AppShapes(p.Curves()).String(); got != "stream or dgram" {
+		t.Errorf("shapes %q", got)
+	}
+	_, err = p.(funnel.StreamDialer).DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("a.test", 1)), nil)
+	if err == nil {
+		t.Fatal("a route built without the compiler carried a flow")
+	}
+}
+
+// TestForwardProfiles runs the real binary with profile files: curl gets
+// the page through route's default, and the flow to the port routed to a
+// deny profile is refused, with the reason in funtun's log.
+func TestForwardProfiles(t *testing.T) {
+	curl := testutil.NeedTool(t, "curl")
+	funtun := testutil.Funtun(t)
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "index.html"), []byte("routed\n"), 0o644)
+	srvPort := strconv.Itoa(testutil.FreePort(t))
+	testutil.StartDaemon(t, "python3", "-m", "http.server", srvPort, "--bind", "127.0.0.1", "--directory", www)
+	testutil.WaitListen(t, "127.0.0.1:"+srvPort)
+	closed := testutil.EchoServer(t)
+
+	dir, env := testutil.ProfileDir(t)
+	os.WriteFile(filepath.Join(dir, "blocked.profile"), []byte("# refuses everything\ndeny all=true reason='closed by policy'\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "split.profile"), []byte("route\n  port:"+itoa(port(closed))+"=blocked\n  default=direct\n"), 0o644)
+
+	for _, tc := range []struct {
+		to     string
+		want   string
+		denied bool
+	}{
+		{to: "127.0.0.1:" + srvPort, want: "routed\n"},
+		{to: closed.String(), denied: true},
+	} {
+		listen := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+		fwd := exec.Command(funtun, "forward", "--listen", listen, "--to", tc.to, "profile=split")
+		fwd.Env = env
+		logs := &lockedBuffer{}
+		fwd.Stdout, fwd.Stderr = logs, logs
+		if err := fwd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- fwd.Wait() }()
+		t.Cleanup(func() {
+			fwd.Process.Signal(syscall.SIGTERM)
+			<-exited
+			if t.Failed() {
+				t.Logf("funtun log (--to %s):\n%s", tc.to, logs.String())
+			}
+		})
+		testutil.WaitListen(t, listen)
+
+		out, err := exec.Command(curl, "-sS", "--max-time", "10", "http://"+listen+"/index.html").CombinedOutput()
+		if !tc.denied {
+			if err != nil || string(out) != tc.want {
+				t.Fatalf("curl via %s: %v: %q", tc.to, err, out)
+			}
+			continue
+		}
+		if err == nil {
+			t.Fatalf("curl to the routed-away port succeeded: %q", out)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(logs.String(), "closed by policy") {
+			if time.Now().After(deadline) {
+				t.Fatal("funtun's log does not say why the flow was refused")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if l := logs.String(); !strings.Contains(l, "kind=denied") || !strings.Contains(l, "blocked.profile:2:1") {
+			t.Errorf("the refusal should be of kind denied and point at blocked.profile:2:1:\n%s", l)
+		}
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
