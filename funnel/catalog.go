@@ -142,7 +142,7 @@ type Selector struct {
 
 func (s Selector) String() string {
 	if s.Chain != "" {
-		return "chain=" + quote(s.Chain)
+		return "chain=" + quote(RedactChain(s.Chain))
 	}
 	if s.Profile != "" {
 		return "profile=" + s.Profile

@@ -389,32 +389,38 @@ func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
 	return pl, nil
 }
 
-// walk follows one top shape down the chain, joint by joint.
-func (pl *Pipeline) walk(top Shape) error {
-	cur := top
-	for i, p := range pl.pieces {
-		spec := pl.Specs[i]
-		var next Shape
-		found := false
-		for _, c := range p.Curves() {
-			if c.App == cur {
-				next, found = c.Net, true
-				break
-			}
-		}
-		if !found {
-			if i == 0 {
-				return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, the hook offers %s", spec.Name, AppShapes(p.Curves()), cur)}
-			}
-			return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, piece %q offers %s", spec.Name, AppShapes(p.Curves()), pl.Specs[i-1].Name, cur)}
-		}
-		if next == Kernel && i < len(pl.pieces)-1 {
-			after := pl.Specs[i+1]
-			return &PosError{after.Pos, fmt.Sprintf("piece %q follows piece %q, which already ends the chain (its edge \"net\" is the network itself)", after.Name, spec.Name)}
-		}
-		cur = next
+// walk follows one top shape down the chain, joint by joint; a curve with
+// an Also shape is followed both ways.
+func (pl *Pipeline) walk(top Shape) error { return pl.walkFrom(0, top) }
+
+func (pl *Pipeline) walkFrom(i int, cur Shape) error {
+	if i == len(pl.pieces) {
+		return nil
 	}
-	return nil
+	p, spec := pl.pieces[i], pl.Specs[i]
+	for _, c := range p.Curves() {
+		if c.App != cur {
+			continue
+		}
+		if c.Net == Kernel {
+			if i < len(pl.pieces)-1 {
+				after := pl.Specs[i+1]
+				return &PosError{after.Pos, fmt.Sprintf("piece %q follows piece %q, which already ends the chain (its edge \"net\" is the network itself)", after.Name, spec.Name)}
+			}
+			return nil
+		}
+		if err := pl.walkFrom(i+1, c.Net); err != nil {
+			return err
+		}
+		if c.Also != "" {
+			return pl.walkFrom(i+1, c.Also)
+		}
+		return nil
+	}
+	if i == 0 {
+		return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, the hook offers %s", spec.Name, AppShapes(p.Curves()), cur)}
+	}
+	return &PosError{spec.Pos, fmt.Sprintf("piece %q: edge \"app\" needs %s, piece %q offers %s", spec.Name, AppShapes(p.Curves()), pl.Specs[i-1].Name, cur)}
 }
 
 func knownPieces() string {

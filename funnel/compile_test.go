@@ -253,3 +253,39 @@ func TestClassify(t *testing.T) {
 		t.Errorf("plain error -> %v", k)
 	}
 }
+
+func init() {
+	funnel.Register(funnel.PieceInfo{Name: "t-assoc", New: func(p *funnel.Params, b funnel.Builder) (funnel.Piece, error) {
+		return &fakePiece{curves: []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Stream, Also: funnel.Dgram}}}, nil
+	}})
+}
+
+// A curve that needs two shapes below (SOCKS5 UDP: a control stream and a
+// datagram relay) is checked both ways.
+func TestCompileAlsoShape(t *testing.T) {
+	pl, err := compileOne(t, "t-assoc | t-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.Shapes().String() != "stream" {
+		t.Errorf("t-assoc | t-stream carries %s; dgram needs datagrams below t-assoc, which t-stream cannot carry", pl.Shapes())
+	}
+	pl, err = compileOne(t, "t-assoc | t-both")
+	if err != nil || pl.Shapes().String() != "stream or dgram" {
+		t.Errorf("t-assoc | t-both: %v %v", pl, err)
+	}
+}
+
+func TestSecretsRedacted(t *testing.T) {
+	pl, err := compileOne(t, "t-stream | direct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = pl
+	if got := funnel.RedactChain("socks5 server=a:1 user=me pass='s3cret word'"); strings.Contains(got, "s3cret") || !strings.Contains(got, "user=me pass=***") {
+		t.Errorf("redacted: %q", got)
+	}
+	if got := (funnel.Selector{Chain: "x pass=hunter2"}).String(); strings.Contains(got, "hunter2") {
+		t.Errorf("selector shows the password: %q", got)
+	}
+}

@@ -60,6 +60,9 @@ func (f *Frame) Room() []byte { return f.buf[f.off:] }
 // SetLen sets the payload's length after reading into Room.
 func (f *Frame) SetLen(n int) { f.end = f.off + n }
 
+// Headroom is how many header bytes Push can still add.
+func (f *Frame) Headroom() int { return f.off }
+
 // Push grows the payload at the front by n bytes (for a header) and returns
 // them to fill in. It panics when headroom runs out, which is a piece bug.
 func (f *Frame) Push(n int) []byte {

@@ -22,6 +22,10 @@ const (
 type Curve struct {
 	App Shape
 	Net Shape
+	// Also is a second shape the piece needs from below on this curve:
+	// a SOCKS5 UDP flow needs a stream (the control connection) and
+	// datagrams (the relay). Empty for most pieces.
+	Also Shape
 }
 
 // ShapeSet is a small ordered set of shapes.

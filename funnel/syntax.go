@@ -37,7 +37,8 @@ type PieceSpec struct {
 	Params []*Param
 }
 
-// String writes the piece back in chain syntax, quoting where needed.
+// String writes the piece back in chain syntax, quoting where needed and
+// hiding passwords, since it ends up in logs and on screens.
 func (s PieceSpec) String() string {
 	var b strings.Builder
 	b.WriteString(s.Name)
@@ -45,9 +46,31 @@ func (s PieceSpec) String() string {
 		b.WriteByte(' ')
 		b.WriteString(p.Key)
 		b.WriteByte('=')
+		if isSecret(p.Key) {
+			b.WriteString("***")
+			continue
+		}
 		b.WriteString(quote(p.Value))
 	}
 	return b.String()
+}
+
+func isSecret(key string) bool {
+	return key == "pass" || key == "password" || key == "secret"
+}
+
+// RedactChain hides secret values in chain text for logs; text that does
+// not parse is replaced whole, since we cannot tell where secrets are.
+func RedactChain(text string) string {
+	specs, err := ParseChain("chain", text)
+	if err != nil {
+		return "(unparsable chain)"
+	}
+	parts := make([]string, len(specs))
+	for i, s := range specs {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, " | ")
 }
 
 func quote(v string) string {

@@ -5,5 +5,7 @@ import (
 	_ "github.com/funtun/funtun/pieces/deny"
 	_ "github.com/funtun/funtun/pieces/direct"
 	_ "github.com/funtun/funtun/pieces/hosts"
+	_ "github.com/funtun/funtun/pieces/httpconnect"
 	_ "github.com/funtun/funtun/pieces/route"
+	_ "github.com/funtun/funtun/pieces/socks5"
 )

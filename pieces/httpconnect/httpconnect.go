@@ -115,7 +115,7 @@ func (h *HTTPConnect) connect(ctx context.Context, conn net.Conn, dest funnel.Ad
 		return nil, fmt.Errorf("HTTP proxy %s: %w", h.server, ctx.Err())
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return nil, funnel.Errorf(funnel.KindTimeout, "HTTP proxy %s: no answer to CONNECT %s", h.server, limit)
+		return nil, funnel.Errorf(funnel.KindTimeout, "HTTP proxy %s: no answer to CONNECT %s %s", h.server, dest, limit)
 	}
 	if err != nil {
 		return nil, err
@@ -141,7 +141,7 @@ func (h *HTTPConnect) exchange(conn net.Conn, dest funnel.Addr) (net.Conn, error
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, funnel.Errorf(funnel.KindGeneral, "HTTP proxy %s: closed the connection without answering CONNECT %s", h.server, target)
 		}
-		return nil, fmt.Errorf("HTTP proxy %s: reading the answer to CONNECT %s: %w", h.server, target, err)
+		return nil, fmt.Errorf("HTTP proxy %s: reading the answer to CONNECT %s (is it an HTTP proxy?): %w", h.server, target, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		return nil, h.statusError(resp, target)
@@ -170,7 +170,7 @@ func (h *HTTPConnect) statusError(resp *http.Response, target string) error {
 			why = fmt.Sprintf("proxy authentication failed for user %q (wrong user or password)", h.user)
 		}
 	case http.StatusForbidden:
-		kind, why = funnel.KindDenied, "the proxy does not allow this destination"
+		kind, why = funnel.KindDenied, "the proxy denied access: this client, destination or port is not allowed, or authentication failed"
 	case http.StatusBadGateway, http.StatusServiceUnavailable:
 		kind, why = funnel.KindRefused, "the proxy could not connect"
 	case http.StatusGatewayTimeout:
@@ -181,6 +181,9 @@ func (h *HTTPConnect) statusError(resp *http.Response, target string) error {
 		kind, why = funnel.KindGeneral, "the proxy did not accept the request"
 	default:
 		kind, why = funnel.KindGeneral, "the proxy refused"
+		if resp.StatusCode >= 500 {
+			why = "the proxy failed"
+		}
 	}
 	return funnel.Errorf(kind, "HTTP proxy %s: CONNECT %s: %s (%s)", h.server, target, why, status)
 }

@@ -66,13 +66,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 
 // Curves: streams travel over the server's TCP connection. Datagrams need
 // that TCP connection too (it holds the association open) plus a datagram
-// path to the server's relay; the engine's curves name one net shape, so
-// the dgram curve declares the stream it always needs and DialDgram asks
-// the piece below for datagrams as well.
+// path to the server's relay, so the compiler checks both below.
 func (s *Socks5) Curves() []funnel.Curve {
 	return []funnel.Curve{
 		{App: funnel.Stream, Net: funnel.Stream},
-		{App: funnel.Dgram, Net: funnel.Stream},
+		{App: funnel.Dgram, Net: funnel.Stream, Also: funnel.Dgram},
 	}
 }
 
