@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,6 +103,7 @@ func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
 		for c := range s.conns {
 			c.Close()
 		}
+		s.conns = nil
 		s.mu.Unlock()
 	}()
 	var first error
@@ -232,6 +234,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	if !ok {
 		return
 	}
+	// From here on the flow's own timeouts apply (the dial's, --idle);
+	// our replies are a few bytes that the socket buffer always takes.
+	c.SetDeadline(time.Time{})
 	sel := s.Selector
 	if ss.entry.profile != "" {
 		sel = funnel.Selector{Profile: ss.entry.profile}
@@ -406,7 +411,6 @@ func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req re
 		s.Engine.End(f, fmt.Errorf("sending the reply to the client: %w", err))
 		return
 	}
-	ss.c.SetDeadline(time.Time{})
 	if left := ss.w.leftover(); len(left) > 0 {
 		// Bytes the client sent before our reply (optimistic data).
 		up.SetWriteDeadline(time.Now().Add(s.HandshakeTimeout))
@@ -577,13 +581,14 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 			ss.c.SetReadDeadline(time.Now())
 			<-gone
 			ss.c.SetReadDeadline(time.Time{})
-			if ctx.Err() == nil {
-				ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
-			}
-			if len(early) == 0 && !errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
 				err = funnel.Errorf(funnel.KindTimeout, "bind: no connection within %v", s.BindTimeout)
-			} else {
+				ss.sendReply(funnel.KindTimeout.SOCKSReply(), netip.AddrPort{})
+			case errors.Is(err, net.ErrClosed):
 				err = errors.New("bind: the client closed its connection before a peer connected")
+			default:
+				ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
 			}
 			s.Engine.End(f, err)
 			return
@@ -609,7 +614,7 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 		s.Engine.End(f, err)
 		return
 	}
-	left := append(early, ss.w.leftover()...)
+	left := append(append([]byte(nil), ss.w.leftover()...), early...)
 	ss.releaseReader()
 	appSide, err := pl.AcceptStream(ctx, f, peer)
 	if err != nil {

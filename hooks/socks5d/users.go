@@ -33,6 +33,12 @@ type Users struct {
 	cacheKey [32]byte
 	cacheMu  sync.Mutex
 	cache    map[string][32]byte
+
+	// dummy keeps the time of a login with an unknown user close to that
+	// of a known user with a wrong password, so that timing does not tell
+	// which users exist; it has the cost of the file's hashes. It is made
+	// on first use, not at every start.
+	dummy func() []byte
 }
 
 type userEntry struct {
@@ -43,14 +49,9 @@ type userEntry struct {
 
 var profileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// dummyHash keeps the time of a login with an unknown user close to that of
-// a known user with a wrong password, so that timing does not tell which
-// users exist.
-// It is made on first use: every funtun command would pay for it at start.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("funtun: no such user"), bcrypt.DefaultCost)
-	return h
-})
+// hashCost is the bcrypt cost adduser uses (tests lower it: the race
+// detector makes bcrypt slow).
+var hashCost = bcrypt.DefaultCost
 
 // LoadUsers reads and checks a users file; errors name FILE:LINE.
 func LoadUsers(path string) (*Users, error) {
@@ -84,6 +85,17 @@ func LoadUsers(path string) (*Users, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	cost := bcrypt.DefaultCost
+	for _, e := range u.entries {
+		if c, err := bcrypt.Cost(e.hash); err == nil {
+			cost = c
+			break
+		}
+	}
+	u.dummy = sync.OnceValue(func() []byte {
+		h, _ := bcrypt.GenerateFromPassword([]byte("funtun: no such user"), cost)
+		return h
+	})
 	return u, nil
 }
 
@@ -126,7 +138,7 @@ func checkUserName(user string) error {
 func (u *Users) Check(user, pass string) (userEntry, bool) {
 	e, ok := u.entries[user]
 	if !ok {
-		bcrypt.CompareHashAndPassword(dummyHash(), []byte(pass))
+		bcrypt.CompareHashAndPassword(u.dummy(), []byte(pass))
 		return userEntry{}, false
 	}
 	sum := u.keyedSum(user, pass)
@@ -182,7 +194,7 @@ func AddUser(path, user, pass, profile string) (replaced bool, err error) {
 	if len(pass) > 72 {
 		return false, errors.New("password longer than 72 bytes: bcrypt would ignore the rest")
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), hashCost)
 	if err != nil {
 		return false, err
 	}

@@ -16,8 +16,8 @@ const (
 	socksVersion = 5
 	authVersion  = 1
 
-	methodNone       = 0x00
-	methodPassword   = 0x02
+	methodNone        = 0x00
+	methodPassword    = 0x02
 	methodNoneOffered = 0xff
 
 	cmdConnect      = 1

@@ -304,7 +304,7 @@ func (d *dgramConn) LocalAddr() net.Addr {
 	return nil
 }
 
-// logOnce reports a capture that stopped; the flows themselves go on.
+// logWriteError reports a capture that stopped; the flows themselves go on.
 func logWriteError(path string, err error) {
 	slog.Warn("pcap: writing the capture failed; this file records nothing more", "file", path, "err", fmt.Sprint(err))
 }
