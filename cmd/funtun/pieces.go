@@ -6,6 +6,8 @@ import (
 	_ "github.com/funtun/funtun/pieces/direct"
 	_ "github.com/funtun/funtun/pieces/hosts"
 	_ "github.com/funtun/funtun/pieces/httpconnect"
+	_ "github.com/funtun/funtun/pieces/rewrite"
 	_ "github.com/funtun/funtun/pieces/route"
 	_ "github.com/funtun/funtun/pieces/socks5"
+	_ "github.com/funtun/funtun/pieces/tls"
 )
