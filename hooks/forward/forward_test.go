@@ -251,3 +251,62 @@ func TestForwardReload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TLS terminated in front of a plain server: curl speaks HTTPS to funtun,
+// the python server knows nothing of TLS.
+func TestForwardInboundTLS(t *testing.T) {
+	curl := testutil.NeedTool(t, "curl")
+	openssl := testutil.NeedTool(t, "openssl")
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	out, err := exec.Command(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+		"-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+		"-keyout", key, "-out", cert).CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(dir, "index.html"), []byte("plain server, TLS outside\n"), 0o644)
+	srvPort := testutil.FreePort(t)
+	testutil.StartDaemon(t, "python3", "-m", "http.server", strconv.Itoa(srvPort), "--bind", "127.0.0.1", "--directory", dir)
+	testutil.WaitListen(t, "127.0.0.1:"+strconv.Itoa(srvPort))
+	_, env := testutil.ProfileDir(t)
+	addr, _, _ := startForward(t, env, "--inbound", "--to", "127.0.0.1:"+strconv.Itoa(srvPort), "chain=tls cert="+cert+" key="+key)
+	port := strings.TrimPrefix(addr, "127.0.0.1:")
+	got, err := exec.Command(curl, "-sS", "--max-time", "10", "--cacert", cert,
+		"--resolve", "localhost:"+port+":127.0.0.1", "https://localhost:"+port+"/index.html").CombinedOutput()
+	if err != nil || string(got) != "plain server, TLS outside\n" {
+		t.Fatalf("curl over TLS: %v: %q", err, got)
+	}
+	// Without the CA, curl must refuse: the TLS is real.
+	if out, err := exec.Command(curl, "-sS", "--max-time", "10", "--resolve", "localhost:"+port+":127.0.0.1", "https://localhost:"+port+"/").CombinedOutput(); err == nil {
+		t.Fatalf("curl trusted an unknown certificate: %s", out)
+	}
+}
+
+// The outgoing direction: a plaintext client, TLS toward the server.
+func TestForwardTLSClientToOpenSSL(t *testing.T) {
+	openssl := testutil.NeedTool(t, "openssl")
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if out, err := exec.Command(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+		"-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+		"-keyout", key, "-out", cert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	srvPort := testutil.FreePort(t)
+	testutil.StartDaemon(t, openssl, "s_server", "-accept", "127.0.0.1:"+strconv.Itoa(srvPort), "-cert", cert, "-key", key, "-rev", "-quiet")
+	testutil.WaitListen(t, "127.0.0.1:"+strconv.Itoa(srvPort))
+	_, env := testutil.ProfileDir(t)
+	addr, _, _ := startForward(t, env, "--to", "127.0.0.1:"+strconv.Itoa(srvPort), "chain=tls sni=localhost ca="+cert)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("funnel\n"))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "lennuf\n" {
+		t.Fatalf("s_server -rev answered %q, %v", line, err)
+	}
+}
