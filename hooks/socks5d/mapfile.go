@@ -62,7 +62,7 @@ func (t mapTarget) String() string {
 func LoadMap(path string) (*Map, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("map file: %v", err)
+		return nil, fmt.Errorf("map file %s: %v", path, unwrapPath(err))
 	}
 	m := &Map{Path: path}
 	var errs []error
@@ -80,7 +80,7 @@ func LoadMap(path string) (*Map, error) {
 		m.rules = append(m.rules, r)
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, joinErrors(errs)
 	}
 	if len(m.rules) == 0 {
 		return nil, fmt.Errorf("%s: no mappings (want lines like `mail.example.org:25 -> 127.0.0.1:2525`)", path)

@@ -211,13 +211,12 @@ var readerPool = sync.Pool{New: func() any { return new(wireReader) }}
 
 // session is one client connection's state during the handshake.
 type session struct {
-	s      *Server
-	c      net.Conn
-	w      *wireReader
-	user   string
-	entry  userEntry
-	reply  [4 + 16 + 2]byte // room for the longest reply we send
-	closed bool
+	s     *Server
+	c     net.Conn
+	w     *wireReader
+	user  string
+	entry userEntry
+	reply [4 + 16 + 2]byte // room for the longest reply we send
 }
 
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
@@ -548,8 +547,8 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 	f := ss.newFlow(funnel.TCP, req.dest)
 	release := pl.Hold()
 	defer release()
-	local := addrPortOf(ss.c.LocalAddr())
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.Addr().AsSlice(), Zone: local.Addr().Zone()})
+	local := addrPortOf(ss.c.LocalAddr()).Addr().Unmap()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.AsSlice(), Zone: local.Zone()})
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
 		s.Engine.End(f, fmt.Errorf("bind: %w", err))

@@ -57,7 +57,7 @@ var hashCost = bcrypt.DefaultCost
 func LoadUsers(path string) (*Users, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("users file: %v", err)
+		return nil, fmt.Errorf("users file %s: %v", path, unwrapPath(err))
 	}
 	u := &Users{Path: path, entries: map[string]userEntry{}, cache: map[string][32]byte{}}
 	if _, err := rand.Read(u.cacheKey[:]); err != nil {
@@ -83,7 +83,7 @@ func LoadUsers(path string) (*Users, error) {
 		u.entries[user] = e
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, joinErrors(errs)
 	}
 	cost := bcrypt.DefaultCost
 	for _, e := range u.entries {

@@ -218,15 +218,17 @@ func readRequest(w *wireReader) (request, error) {
 }
 
 // checkName refuses names that no resolver would find but that could
-// confuse what comes after (a NUL cutting a C string short, an empty name).
+// confuse what comes after: a NUL cutting a C string short, an empty name,
+// and a '%', which would turn "fe80::1%eth0" into a scoped address aimed
+// at one of our interfaces.
 func checkName(name string) error {
 	if name == "" {
 		return errors.New("request names an empty host name")
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if c <= ' ' || c == 0x7f {
-			return fmt.Errorf("request's host name %q has a control character or space", name)
+		if c <= ' ' || c == 0x7f || c == '%' {
+			return fmt.Errorf("request's host name %q has a space, a control character or a %%", name)
 		}
 	}
 	return nil

@@ -1,0 +1,373 @@
+// Package socks5d is the SOCKS5 hook: a SOCKS5 daemon (RFC 1928, RFC 1929)
+// that is really the Funnel Tunnel. Programs that speak SOCKS5 natively, or
+// are made to with proxychains, socksify or tsocks, reach the network
+// through a funtun profile: every CONNECT, BIND and UDP ASSOCIATE becomes a
+// flow that the engine carries through the profile's pieces. With --map it
+// is the server-side variant: requested destinations land on local
+// services.
+package socks5d
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/cli"
+)
+
+const usage = `funtun socks5d [--listen ADDR]… [profile=NAME | chain='…'] [--users FILE] [--allow CIDR]… [--map FILE]
+funtun socks5d adduser FILE USER [PROFILE]
+
+A SOCKS5 server (RFC 1928, with RFC 1929 username/password) whose CONNECT,
+BIND and UDP ASSOCIATE requests become flows through the profile. Host
+names stay unresolved until the profile resolves them. With --users, every
+client must log in, and a user's line may name the profile its flows take.
+With --map, requested destinations map to local services instead
+(the server-side variant). Listens on 127.0.0.1:1080 unless told otherwise,
+or on the sockets systemd passes (socket activation).
+
+adduser reads the password from the terminal (or the first line of stdin)
+and adds USER to FILE as a bcrypt hash, replacing the user's old line.
+
+Examples:
+  funtun socks5d chain='rewrite from=hello to=HOWDY'
+  curl --socks5-hostname 127.0.0.1:1080 http://example.org/
+  funtun socks5d adduser ~/.config/funtun/socks-users work work
+  funtun socks5d --listen 0.0.0.0:1080 --listen [::]:1080 --users ~/.config/funtun/socks-users
+  funtun socks5d --listen 192.168.1.2:1080 --allow 192.168.1.0/24 profile=tor
+  funtun socks5d --map services.map chain='tls cert=c.pem key=k.pem'
+
+SIGHUP recompiles every profile and rereads --users and --map; on error
+the old ones stay in force.`
+
+func init() {
+	cli.Register(&cli.Command{
+		Name:    "socks5d",
+		Summary: "a SOCKS5 server whose connections go through a profile",
+		Usage:   usage,
+		Run:     run,
+	})
+}
+
+const defaultListen = "127.0.0.1:1080"
+
+func run(ctx context.Context, env *cli.Env, args []string) int {
+	if len(args) > 0 && args[0] == "adduser" {
+		return runAddUser(env, args[1:])
+	}
+	c, _ := cli.Lookup("socks5d")
+	fs := env.FlagSet(c)
+	var listens, allows cli.StringList
+	fs.Var(&listens, "listen", "address to accept SOCKS5 clients on; repeat for more (default "+defaultListen+")")
+	fs.Var(&allows, "allow", "serve only clients from this network (CIDR or address); repeat or give a comma list")
+	usersFile := fs.String("users", "", "require username/password logins checked against this file (user:bcrypt-hash[:profile] lines)")
+	mapFile := fs.String("map", "", "server-side variant: map requested destinations to local services (PATTERN:PORT -> TARGET lines)")
+	maxConns := fs.Int("max-conns", 10000, "client connections served at once; more are closed at once")
+	handshake := fs.Duration("handshake-timeout", 10*time.Second, "time a client has for greeting, login and request")
+	idle := fs.Duration("idle", time.Hour, "end a TCP flow after this long without traffic either way (0: never)")
+	udpIdle := fs.Duration("udp-idle", 2*time.Minute, "end a UDP ASSOCIATE destination after this long without datagrams")
+	bindTimeout := fs.Duration("bind-timeout", 2*time.Minute, "how long BIND waits for the incoming connection")
+	sel, rest, done, err := env.ParseFlags(fs, args)
+	if done {
+		return 0
+	}
+	if err != nil {
+		return env.Usagef("socks5d", "%v", err)
+	}
+	if len(rest) > 0 {
+		return env.Usagef("socks5d", "unexpected argument %q", rest[0])
+	}
+	if *maxConns < 1 {
+		return env.Usagef("socks5d", "--max-conns must be at least 1")
+	}
+	if *handshake <= 0 || *udpIdle <= 0 || *bindTimeout <= 0 || *idle < 0 {
+		return env.Usagef("socks5d", "timeouts must be positive (--idle may be 0 for none)")
+	}
+	allow, err := parseAllow(allows)
+	if err != nil {
+		return env.Usagef("socks5d", "--allow: %v", err)
+	}
+	eng, err := env.Engine()
+	if err != nil {
+		return env.Errorf("socks5d", "%v", err)
+	}
+	pl, err := eng.Resolve(sel)
+	if err != nil {
+		return env.Errorf("socks5d", "%v", err)
+	}
+	if !pl.Accepts(funnel.Stream) {
+		return env.Errorf("socks5d", "profile %s carries %s flows; SOCKS5 needs one that carries streams", pl.Name, pl.Shapes())
+	}
+	srv := &Server{
+		Engine: eng, Selector: sel, Allow: allow,
+		HandshakeTimeout: *handshake, IdleTimeout: *idle, UDPIdle: *udpIdle,
+		BindTimeout: *bindTimeout, MaxConns: *maxConns, Log: env.Log,
+	}
+	if *usersFile != "" {
+		u, err := loadUsersChecked(eng, *usersFile)
+		if err != nil {
+			return env.Errorf("socks5d", "%v", err)
+		}
+		srv.SetUsers(u)
+	}
+	if *mapFile != "" {
+		m, err := LoadMap(*mapFile)
+		if err != nil {
+			return env.Errorf("socks5d", "%v", err)
+		}
+		srv.SetMap(m)
+	}
+
+	ls, err := systemdListeners()
+	if err != nil {
+		return env.Errorf("socks5d", "%v", err)
+	}
+	if len(listens) == 0 && len(ls) == 0 {
+		listens = append(listens, defaultListen)
+	}
+	closeAll := func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	// What the user wrote names each listener in messages; systemd's
+	// sockets go by their address.
+	named := make([]string, len(ls))
+	for i, l := range ls {
+		named[i] = l.Addr().String()
+	}
+	for _, addr := range listens {
+		l, err := net.Listen(listenNetwork(addr), addr)
+		if err != nil {
+			closeAll()
+			return env.Errorf("socks5d", "cannot listen on %s: %v", addr, unwrapOp(err))
+		}
+		ls = append(ls, l)
+		named = append(named, addr)
+	}
+	if *usersFile == "" && len(allow) == 0 {
+		for i, l := range ls {
+			if open := openToNetwork(l.Addr()); open != "" {
+				closeAll()
+				return env.Errorf("socks5d", "refusing to listen on %s without --users or --allow: %s, and anyone who reaches it could use your network through it.\n"+
+					"Require logins with --users FILE (add users with `funtun socks5d adduser FILE USER`), or name the clients you trust with --allow CIDR (e.g. --allow 192.168.1.0/24).", named[i], open)
+			}
+		}
+	}
+	var where []string
+	for _, l := range ls {
+		where = append(where, l.Addr().String())
+	}
+	auth := "none"
+	if *usersFile != "" {
+		auth = "username/password (" + *usersFile + ")"
+	}
+	attrs := []any{"listen", strings.Join(where, ","), "profile", sel.String(), "auth", auth}
+	if len(allow) > 0 {
+		attrs = append(attrs, "allow", allows.String())
+	}
+	if *mapFile != "" {
+		attrs = append(attrs, "map", *mapFile)
+	}
+	env.Log.Info("socks5d serving", attrs...)
+
+	cli.ReloadOnHUP(ctx, eng)
+	reloadFilesOnHUP(ctx, env, eng, srv, *usersFile, *mapFile)
+	if err := srv.Serve(ctx, ls...); err != nil && ctx.Err() == nil {
+		return env.Errorf("socks5d", "%v", err)
+	}
+	return 0
+}
+
+// listenNetwork keeps an IPv4 address to IPv4: Go would listen on both
+// families for 0.0.0.0, which is more than the user asked for.
+func listenNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "tcp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Is4() {
+			return "tcp4"
+		}
+		return "tcp6"
+	}
+	return "tcp"
+}
+
+// openToNetwork says why an address is reachable from other machines, or
+// "" when it is not (loopback, a Unix socket).
+func openToNetwork(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	ip = ip.Unmap()
+	switch {
+	case ip.IsLoopback():
+		return ""
+	case ip.IsUnspecified():
+		return "that is every address of this machine"
+	}
+	return "that address is not loopback"
+}
+
+func parseAllow(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range list {
+		for _, s := range strings.Split(item, ",") {
+			s = strings.TrimSpace(s)
+			if s == "" {
+				continue
+			}
+			if p, err := netip.ParsePrefix(s); err == nil {
+				out = append(out, p.Masked())
+				continue
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("%q is not a CIDR (192.168.1.0/24, fd00::/8) or an address", s)
+			}
+			ip = ip.Unmap()
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	return out, nil
+}
+
+// loadUsersChecked loads a users file and makes sure every profile it
+// names exists.
+func loadUsersChecked(eng *funnel.Engine, path string) (*Users, error) {
+	u, err := LoadUsers(path)
+	if err != nil {
+		return nil, err
+	}
+	profiles := u.Profiles()
+	names := make([]string, 0, len(profiles))
+	for n := range profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, n := range names {
+		if _, err := eng.Resolve(funnel.Selector{Profile: n}); err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d: %v", path, profiles[n], err))
+		}
+	}
+	return u, errors.Join(errs...)
+}
+
+// reloadFilesOnHUP rereads the users and map files on SIGHUP, after the
+// profiles (cli.ReloadOnHUP reloads those); a broken file keeps the old.
+func reloadFilesOnHUP(ctx context.Context, env *cli.Env, eng *funnel.Engine, srv *Server, usersFile, mapFile string) {
+	if usersFile == "" && mapFile == "" {
+		return
+	}
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+			}
+			if usersFile != "" {
+				if u, err := loadUsersChecked(eng, usersFile); err != nil {
+					env.Log.Error("users file reload failed; keeping the old one", "err", err)
+				} else {
+					srv.SetUsers(u)
+					env.Log.Info("users file reloaded", "file", usersFile)
+				}
+			}
+			if mapFile != "" {
+				if m, err := LoadMap(mapFile); err != nil {
+					env.Log.Error("map file reload failed; keeping the old one", "err", err)
+				} else {
+					srv.SetMap(m)
+					env.Log.Info("map file reloaded", "file", mapFile)
+				}
+			}
+		}
+	}()
+}
+
+func runAddUser(env *cli.Env, args []string) int {
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			fmt.Fprintln(env.Stdout, "funtun socks5d adduser FILE USER [PROFILE]\n\n"+
+				"Adds USER to the users file FILE (created with mode 0600 if missing) with a bcrypt\n"+
+				"hash of the password read from the terminal, or from the first line of stdin.\n"+
+				"PROFILE makes that user's flows take that profile. An existing line for USER is replaced.")
+			return 0
+		}
+	}
+	if len(args) < 2 || len(args) > 3 {
+		return env.Usagef("socks5d", "adduser needs FILE USER [PROFILE]")
+	}
+	file, user, profile := args[0], args[1], ""
+	if len(args) == 3 {
+		profile = args[2]
+	}
+	if err := checkUserName(user); err != nil {
+		return env.Usagef("socks5d", "adduser: %v", err)
+	}
+	pass, err := readPasswordInput(os.Stdin, env.Stderr, user)
+	if err != nil {
+		return env.Errorf("socks5d", "adduser: %v", err)
+	}
+	if pass == "" {
+		return env.Errorf("socks5d", "adduser: empty password refused")
+	}
+	replaced, err := AddUser(file, user, pass, profile)
+	if err != nil {
+		return env.Errorf("socks5d", "adduser: %s: %v", file, err)
+	}
+	verb := "added"
+	if replaced {
+		verb = "replaced"
+	}
+	if profile != "" {
+		fmt.Fprintf(env.Stderr, "%s user %s (profile %s) in %s\n", verb, user, profile, file)
+	} else {
+		fmt.Fprintf(env.Stderr, "%s user %s in %s\n", verb, user, file)
+	}
+	return 0
+}
+
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// joinErrors joins a file's errors, the first few of them: a file that is
+// wholly of the wrong kind would otherwise print one line per line.
+func joinErrors(errs []error) error {
+	const most = 5
+	if len(errs) > most {
+		errs = append(errs[:most:most], fmt.Errorf("... and %d more errors", len(errs)-most))
+	}
+	return errors.Join(errs...)
+}
