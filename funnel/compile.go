@@ -31,9 +31,14 @@ type link struct {
 }
 
 func (l *link) DialStream(ctx context.Context, f *Flow) (net.Conn, error) {
-	d, ok := l.pl.pieces[l.i].(StreamDialer)
+	p := l.pl.pieces[l.i]
+	d, ok := p.(StreamDialer)
 	if !ok {
 		return nil, Errorf(KindNotSupported, "profile %s: piece %q does not carry streams", l.pl.Name, l.pl.Specs[l.i].Name)
+	}
+	if f.Handoff && !isTransparent(p) {
+		f = f.Clone()
+		f.Handoff = false
 	}
 	return d.DialStream(ctx, f, l.next())
 }

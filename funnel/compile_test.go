@@ -289,3 +289,46 @@ func TestSecretsRedacted(t *testing.T) {
 		t.Errorf("selector shows the password: %q", got)
 	}
 }
+
+type handoffProbe struct{ transparent bool }
+
+func (p *handoffProbe) Curves() []funnel.Curve {
+	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
+}
+func (p *handoffProbe) Transparent() bool { return p.transparent }
+func (p *handoffProbe) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
+	return next.DialStream(ctx, f)
+}
+
+func init() {
+	for _, tr := range []bool{true, false} {
+		tr := tr
+		name := "t-opaque"
+		if tr {
+			name = "t-clear"
+		}
+		funnel.Register(funnel.PieceInfo{Name: name, New: func(*funnel.Params, funnel.Builder) (funnel.Piece, error) {
+			return &handoffProbe{transparent: tr}, nil
+		}})
+	}
+}
+
+// A handoff passes only through pieces that leave the bytes alone.
+func TestHandoffOnlyThroughTransparentPieces(t *testing.T) {
+	for chain, want := range map[string]bool{"t-clear | t-clear": true, "t-clear | t-opaque": false, "t-opaque": false, "direct": true} {
+		pl, err := compileOne(t, chain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := funnel.NewFlow("t", funnel.TCP, funnel.MakeAddr("127.0.0.1", 9))
+		f.Handoff = true
+		c, err := pl.DialStream(context.Background(), f)
+		_, handed := c.(*funnel.Handoff)
+		if handed != want {
+			t.Errorf("%s: handed off %v (err %v), want %v", chain, handed, err, want)
+		}
+		if c != nil && !handed {
+			c.Close()
+		}
+	}
+}

@@ -44,6 +44,20 @@ type DgramDialer interface {
 	DialDgram(ctx context.Context, f *Flow, next Next) (DgramConn, error)
 }
 
+// Transparent is implemented by pieces whose DialStream hands back the
+// connection from below unchanged when Transparent() is true (hosts, deny,
+// route, direct, an idle shape). A flow asking for a handoff keeps asking
+// only through such pieces: any other piece holds the bytes, so the engine
+// clears Flow.Handoff before it, and no piece has to remember to.
+type Transparent interface {
+	Transparent() bool
+}
+
+func isTransparent(p Piece) bool {
+	t, ok := p.(Transparent)
+	return ok && t.Transparent()
+}
+
 // Closer is implemented by pieces that hold resources for the whole profile
 // (an open pcap file, a shared token bucket); a reload closes the old set
 // once its flows are done with it.

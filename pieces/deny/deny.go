@@ -99,6 +99,9 @@ func (d *Deny) check(f *funnel.Flow) error {
 	return funnel.Errorf(funnel.KindDenied, "denied by profile %s: %s %s: %s (deny at %s)", f.Profile, f.Network, f.Dest, reason, d.at)
 }
 
+// Transparent: deny refuses or passes a flow; it never touches its bytes.
+func (d *Deny) Transparent() bool { return true }
+
 // DialStream refuses the flow or returns next's connection itself, so the
 // relay's splice fast path survives deny.
 func (d *Deny) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {

@@ -74,6 +74,9 @@ func (d *Direct) dialer(network string) *net.Dialer {
 	return nd
 }
 
+// Transparent: direct is where a handoff is answered.
+func (d *Direct) Transparent() bool { return true }
+
 // DialStream connects a TCP socket; a name is resolved here, trying both
 // address families the Happy Eyeballs way (RFC 8305) when it has both.
 func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) (net.Conn, error) {

@@ -197,6 +197,9 @@ func (h *Hosts) resolve(ctx context.Context, f *funnel.Flow) (*funnel.Flow, erro
 	return g, nil
 }
 
+// Transparent: hosts only changes where the flow goes, never its bytes.
+func (h *Hosts) Transparent() bool { return true }
+
 // DialStream returns next's connection itself: the relay can only splice
 // the *net.TCPConn that direct made if nothing wraps it on the way up.
 func (h *Hosts) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {

@@ -112,24 +112,13 @@ func (pc *Pcap) writerFor(f *funnel.Flow) (*writer, error) {
 	return w, nil
 }
 
-// untouched is the flow as the next piece should see it: the tap reads the
-// bytes, so the terminal piece must not hand the socket off past it.
-func untouched(f *funnel.Flow) *funnel.Flow {
-	if !f.Handoff {
-		return f
-	}
-	g := f.Clone()
-	g.Handoff = false
-	return g
-}
-
 // DialStream records an outgoing stream: the application is the client.
 func (pc *Pcap) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
 	w, err := pc.writerFor(f)
 	if err != nil {
 		return nil, err
 	}
-	c, err := next.DialStream(ctx, untouched(f))
+	c, err := next.DialStream(ctx, f)
 	if err != nil {
 		if pc.perFlow {
 			w.release()
@@ -162,7 +151,7 @@ func (pc *Pcap) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next)
 	if err != nil {
 		return nil, err
 	}
-	dc, err := next.DialDgram(ctx, untouched(f))
+	dc, err := next.DialDgram(ctx, f)
 	if err != nil {
 		if pc.perFlow {
 			w.release()

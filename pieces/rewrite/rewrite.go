@@ -85,12 +85,6 @@ func (r *Rewrite) Curves() []funnel.Curve {
 // DialStream wraps the connection below so that writes (up) and reads
 // (down) are rewritten.
 func (r *Rewrite) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
-	if f.Handoff {
-		// The bytes pass through us, so the program's own socket cannot be
-		// handed straight to the destination.
-		f = f.Clone()
-		f.Handoff = false
-	}
 	c, err := next.DialStream(ctx, f)
 	if err != nil {
 		return nil, err

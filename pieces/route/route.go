@@ -119,6 +119,10 @@ func (r *Route) choose(ctx context.Context, f *funnel.Flow) (*funnel.Pipeline, e
 	return pl, nil
 }
 
+// Transparent: the chosen profile decides for itself whether it touches
+// the bytes.
+func (r *Route) Transparent() bool { return true }
+
 // DialStream hands the flow to the chosen profile, which returns the
 // connection; route adds nothing, so a splice-able socket stays one.
 func (r *Route) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) (net.Conn, error) {

@@ -222,12 +222,6 @@ func (t *TLS) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) 
 	if name == "" {
 		return nil, funnel.Errorf(funnel.KindAddrNotSupported, "tls: the flow has no destination name or address to verify; give sni=NAME")
 	}
-	if f.Handoff {
-		// We hold the plaintext side, so the program's own socket cannot
-		// be handed straight to the destination.
-		f = f.Clone()
-		f.Handoff = false
-	}
 	raw, err := next.DialStream(ctx, f)
 	if err != nil {
 		return nil, err
