@@ -44,9 +44,14 @@ func (l *link) DialStream(ctx context.Context, f *Flow) (net.Conn, error) {
 }
 
 func (l *link) DialDgram(ctx context.Context, f *Flow) (DgramConn, error) {
-	d, ok := l.pl.pieces[l.i].(DgramDialer)
+	p := l.pl.pieces[l.i]
+	d, ok := p.(DgramDialer)
 	if !ok {
 		return nil, Errorf(KindNotSupported, "profile %s: piece %q does not carry datagrams", l.pl.Name, l.pl.Specs[l.i].Name)
+	}
+	if f.Handoff && !isTransparent(p) {
+		f = f.Clone()
+		f.Handoff = false
 	}
 	return d.DialDgram(ctx, f, l.next())
 }

@@ -23,6 +23,7 @@ func main() {
 
 func run(args []string) int {
 	format, level := "text", slog.LevelInfo
+	launcherArgs := false
 	// Global options come before the subcommand or program.
 	for len(args) > 0 && strings.HasPrefix(args[0], "--") && args[0] != "--" {
 		opt := args[0]
@@ -39,9 +40,15 @@ func run(args []string) int {
 			args = []string{"help"}
 		case opt == "--version":
 			args = []string{"version"}
+		case opt == "--allow-unhooked":
+			// A launcher option; the launcher reads it itself.
+			launcherArgs = true
 		default:
 			fmt.Fprintf(os.Stderr, "funtun: unknown option %s (see `funtun help`)\n", opt)
 			return 2
+		}
+		if launcherArgs {
+			break
 		}
 	}
 	env, err := cli.NewEnv(format, level)
@@ -58,6 +65,9 @@ func run(args []string) int {
 	}
 	if args[0] == "--" {
 		return launch(ctx, env, args[1:])
+	}
+	if launcherArgs {
+		return launch(ctx, env, args)
 	}
 	if c, ok := cli.Lookup(args[0]); ok {
 		return c.Run(ctx, env, args[1:])

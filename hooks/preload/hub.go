@@ -1,0 +1,156 @@
+package preload
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// relayHub is the loopback listener that the program's sockets are
+// connected to when pieces act on their flows: one per address family for
+// the whole funnel (a listener per flow would spend an ephemeral port on
+// each and run out of them under many short connections). A connection is
+// matched to its flow by its source, the program's socket's own address.
+type relayHub struct {
+	ln      *net.TCPListener
+	addr    netip.AddrPort
+	mu      sync.Mutex
+	waiting map[netip.AddrPort]chan net.Conn
+	// early holds connections accepted before their flow registered (the
+	// handshake completes inside connect(), before we know the source).
+	early map[netip.AddrPort]earlyConn
+}
+
+// maxEarly bounds the connections held before their flow registers.
+const maxEarly = 1024
+
+type earlyConn struct {
+	c    net.Conn
+	when time.Time
+}
+
+// relayHubs are made on first use and live as long as the process.
+type relayHubs struct {
+	mu     sync.Mutex
+	v4, v6 *relayHub
+	err4   error
+}
+
+func newRelayHub(network string, ip net.IP) (*relayHub, error) {
+	ln, err := net.ListenTCP(network, &net.TCPAddr{IP: ip})
+	if err != nil {
+		return nil, err
+	}
+	h := &relayHub{
+		ln:      ln,
+		addr:    unmapped(ln.Addr().(*net.TCPAddr).AddrPort()),
+		waiting: map[netip.AddrPort]chan net.Conn{},
+		early:   map[netip.AddrPort]earlyConn{},
+	}
+	go h.acceptLoop()
+	return h, nil
+}
+
+// hub returns the hub a socket of family reaches, and the address to
+// connect it to (a fresh Sockaddr each time: unix.Connect writes into it).
+func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if family == unix.AF_INET6 {
+		if hs.v6 == nil {
+			hs.v6, _ = newRelayHub("tcp6", net.IPv6loopback)
+		}
+		if hs.v6 != nil {
+			return hs.v6, unixSockaddr(hs.v6.addr, unix.AF_INET6), nil
+		}
+		// No IPv6 on loopback: a dual-stack socket reaches the IPv4 hub.
+	}
+	if hs.v4 == nil && hs.err4 == nil {
+		hs.v4, hs.err4 = newRelayHub("tcp4", net.IPv4(127, 0, 0, 1))
+	}
+	if hs.err4 != nil {
+		return nil, nil, hs.err4
+	}
+	sa, ok := socketAddr(fd, family, hs.v4.addr, handoffTarget{})
+	if !ok {
+		return nil, nil, errors.New("an IPv6-only socket cannot reach the funnel's relay: IPv6 loopback is unavailable")
+	}
+	return hs.v4, sa, nil
+}
+
+func (h *relayHub) acceptLoop() {
+	for {
+		c, err := h.ln.AcceptTCP()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		from := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		h.mu.Lock()
+		if ch, ok := h.waiting[from]; ok {
+			delete(h.waiting, from)
+			h.mu.Unlock()
+			ch <- c
+			continue
+		}
+		// Not registered yet, or nobody's: keep it a while. Stale ones go.
+		now := time.Now()
+		for k, e := range h.early {
+			if now.Sub(e.when) > relayAcceptWait {
+				e.c.Close()
+				delete(h.early, k)
+			}
+		}
+		if old, ok := h.early[from]; ok {
+			old.c.Close()
+		}
+		if len(h.early) >= maxEarly {
+			// Far more than programs connecting at once: someone else is
+			// knocking on the port.
+			h.mu.Unlock()
+			c.Close()
+			continue
+		}
+		h.early[from] = earlyConn{c: c, when: now}
+		h.mu.Unlock()
+	}
+}
+
+// take waits for the connection from the program's socket at from.
+func (h *relayHub) take(from netip.AddrPort) (net.Conn, error) {
+	from = unmapped(from)
+	h.mu.Lock()
+	if e, ok := h.early[from]; ok {
+		delete(h.early, from)
+		h.mu.Unlock()
+		return e.c, nil
+	}
+	ch := make(chan net.Conn, 1)
+	h.waiting[from] = ch
+	h.mu.Unlock()
+	t := time.NewTimer(relayAcceptWait)
+	defer t.Stop()
+	select {
+	case c := <-ch:
+		return c, nil
+	case <-t.C:
+		h.mu.Lock()
+		delete(h.waiting, from)
+		h.mu.Unlock()
+		// It may have been handed over just now.
+		select {
+		case c := <-ch:
+			return c, nil
+		default:
+		}
+		return nil, errors.New("the program's socket never reached the relay")
+	}
+}

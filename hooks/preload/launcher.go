@@ -1,0 +1,343 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/cli"
+	"golang.org/x/sys/unix"
+)
+
+const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] PROGRAM [ARGS…]
+funtun [global options] [profile=NAME | chain='…'] -- PROGRAM [ARGS…]
+
+Runs PROGRAM with its network traffic passed through the profile (default:
+profile=direct). The funnel runs inside this funtun process, as you; the
+program gets libfuntun.so preloaded and a private control socket. Its
+connections, name lookups and listening sockets go through the profile's
+pieces; nothing falls back to the network directly: when the funnel is
+gone, connect() fails with ECONNREFUSED and lookups with EAI_AGAIN.
+
+funtun stays in the foreground with the program: Ctrl-C, Ctrl-Z and fg
+work as without it, SIGTERM and SIGHUP are passed on, and funtun exits
+with the program's status (128+N when a signal N ended it).
+
+Use -- when PROGRAM has the name of a funtun command: funtun -- status.
+
+Statically linked and set-user-ID programs cannot be hooked with
+LD_PRELOAD; funtun refuses to start them rather than let their traffic
+bypass the funnel. --allow-unhooked starts them anyway, with a warning.
+
+The library is found next to the funtun binary (bin/libfuntun.so in the
+build tree), in ../lib/funtun/ from it (after make install), or at
+$FUNTUN_PRELOAD.
+
+Examples:
+  funtun profile=6bed4 twinkle
+  funtun chain='hosts demo.test=127.0.0.1' curl http://demo.test:8000/
+  funtun chain='tls cert=c.pem key=k.pem' python3 -m http.server 8443`
+
+// ignoredAtStart: signals funtun's parent told it to ignore (nohup, a
+// background job of a non-interactive shell). The program must inherit
+// that, so they are ignored again before it starts. Only SIGHUP and SIGINT
+// can be seen here: Go keeps no other inherited "ignore". Read in init,
+// before main sets up its own handlers.
+var ignoredAtStart = map[os.Signal]bool{}
+
+func init() {
+	cli.Launcher = Launch
+	for _, sig := range []os.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		ignoredAtStart[sig] = signal.Ignored(sig)
+	}
+}
+
+type launchArgs struct {
+	sel           funnel.Selector
+	allowUnhooked bool
+	program       string
+	args          []string
+}
+
+// parseLaunch reads the launcher's own words, which all come before the
+// program: everything from the program on belongs to it.
+func parseLaunch(args []string) (launchArgs, bool, error) {
+	var la launchArgs
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			if i+1 >= len(args) {
+				return la, false, errors.New("name a program after --")
+			}
+			la.program, la.args = args[i+1], args[i+2:]
+			return la, false, nil
+		case a == "--help" || a == "-h":
+			return la, true, nil
+		case a == "--allow-unhooked":
+			la.allowUnhooked = true
+		case strings.HasPrefix(a, "profile=") || strings.HasPrefix(a, "chain="):
+			sel, rest, err := funnel.TakeSelector([]string{a})
+			if err != nil {
+				return la, false, err
+			}
+			if len(rest) > 0 {
+				return la, false, fmt.Errorf("unexpected %q", a)
+			}
+			if sel.Profile != "" {
+				la.sel.Profile = sel.Profile
+			}
+			if sel.Chain != "" {
+				la.sel.Chain = sel.Chain
+			}
+			if la.sel.Profile != "" && la.sel.Chain != "" {
+				return la, false, errors.New("give profile=NAME or chain='…', not both")
+			}
+		case strings.HasPrefix(a, "-") && a != "-":
+			return la, false, fmt.Errorf("unknown option %s (options come before the program)", a)
+		default:
+			la.program, la.args = a, args[i+1:]
+			return la, false, nil
+		}
+	}
+	return la, false, errors.New("name a program to run, e.g. funtun profile=direct curl https://example.org/")
+}
+
+// Launch is `funtun [key=value…] PROGRAM [ARGS…]`.
+func Launch(ctx context.Context, env *cli.Env, args []string) int {
+	la, help, err := parseLaunch(args)
+	if help {
+		fmt.Fprintln(env.Stdout, launcherUsage)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: %v\n(see `funtun --help`)\n", err)
+		return 2
+	}
+	path, err := exec.LookPath(la.program)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			fmt.Fprintf(env.Stderr, "funtun: %s: permission denied\n", la.program)
+			return 126
+		}
+		fmt.Fprintf(env.Stderr, "funtun: %s: command not found\n", la.program)
+		return 127
+	}
+	if err := checkHookable(path); err != nil {
+		if !la.allowUnhooked {
+			fmt.Fprintf(env.Stderr, "funtun: %v\nfuntun: refusing to run it, since its traffic would bypass the funnel (--allow-unhooked runs it anyway)\n", err)
+			return 126
+		}
+		fmt.Fprintf(env.Stderr, "funtun: warning: %v\nfuntun: warning: running it UNHOOKED: its traffic does not pass through the funnel\n", err)
+	}
+	lib, err := FindLibrary()
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+		return 1
+	}
+	eng, err := funnel.NewEngine(env.Catalog(), launcherLog(env.Log))
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+		return 1
+	}
+	if _, err := eng.Resolve(la.sel); err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+		return 1
+	}
+
+	dir, err := os.MkdirTemp("", "funtun-")
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: cannot make the control socket's directory: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Others may pass through to the socket (a program that drops
+	// privileges keeps its funnel) but not list the directory; the server
+	// checks every connection's credentials as well.
+	os.Chmod(dir, 0o711)
+	lib, err = preloadablePath(lib, dir)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+		return 1
+	}
+	sock := filepath.Join(dir, "control")
+	srv := NewServer(eng, la.sel)
+	l, err := srv.Listen(sock)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: cannot make the control socket: %v\n", err)
+		return 1
+	}
+	// The funnel lives as long as the program, whatever signals we get:
+	// SIGINT from the terminal is the program's to handle.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	go srv.Serve(sctx, l)
+
+	return supervise(env, path, append([]string{la.program}, la.args...), childEnv(os.Environ(), lib, sock))
+}
+
+// childEnv adds the library to LD_PRELOAD (after any the user has) and
+// names the control socket.
+func childEnv(environ []string, lib, sock string) []string {
+	out := make([]string, 0, len(environ)+2)
+	preload := lib
+	for _, kv := range environ {
+		switch {
+		case strings.HasPrefix(kv, "LD_PRELOAD="):
+			if old := strings.TrimSpace(strings.TrimPrefix(kv, "LD_PRELOAD=")); old != "" {
+				preload = old + " " + lib
+			}
+		case strings.HasPrefix(kv, "FUNTUN_SOCKET="):
+		default:
+			out = append(out, kv)
+		}
+	}
+	return append(out, "LD_PRELOAD="+preload, "FUNTUN_SOCKET="+sock)
+}
+
+// preloadablePath copies the library into dir when its path cannot stand
+// in LD_PRELOAD, whose entries are separated by spaces and colons.
+func preloadablePath(lib, dir string) (string, error) {
+	if !strings.ContainsAny(lib, " :\t") {
+		return lib, nil
+	}
+	data, err := os.ReadFile(lib)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, "libfuntun.so")
+	return p, os.WriteFile(p, data, 0o755)
+}
+
+// launcherLog keeps the program's terminal for the program: only failed
+// flows are logged, unless --debug asked for everything.
+func launcherLog(log *slog.Logger) *slog.Logger {
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		return log
+	}
+	return slog.New(minLevel{min: slog.LevelWarn, Handler: log.Handler()})
+}
+
+type minLevel struct {
+	min slog.Level
+	slog.Handler
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
+}
+
+// WithAttrs is lazy: every flow gets a logger with its id, and most flows
+// never write a line, so the attributes are formatted only for a record
+// that passes.
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return &lazyAttrs{min: m.min, parent: m.Handler, attrs: a}
+}
+func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{m.min, m.Handler.WithGroup(g)} }
+
+type lazyAttrs struct {
+	min    slog.Level
+	parent slog.Handler
+	attrs  []slog.Attr
+}
+
+func (l *lazyAttrs) Enabled(ctx context.Context, lv slog.Level) bool {
+	return lv >= l.min && l.parent.Enabled(ctx, lv)
+}
+func (l *lazyAttrs) Handle(ctx context.Context, r slog.Record) error {
+	return l.parent.WithAttrs(l.attrs).Handle(ctx, r)
+}
+func (l *lazyAttrs) WithAttrs(a []slog.Attr) slog.Handler {
+	return &lazyAttrs{min: l.min, parent: l.parent, attrs: append(append([]slog.Attr(nil), l.attrs...), a...)}
+}
+func (l *lazyAttrs) WithGroup(g string) slog.Handler {
+	return minLevel{l.min, l.parent.WithAttrs(l.attrs).WithGroup(g)}
+}
+
+// Signals the terminal sends to the whole foreground process group: the
+// program gets its own copy, so the launcher only keeps out of the way.
+var terminalSignals = map[os.Signal]bool{syscall.SIGINT: true, syscall.SIGQUIT: true, syscall.SIGTSTP: true}
+
+// supervise runs the program in our own process group (it keeps the
+// terminal: no new group, no new session), passes signals on, follows it
+// into job-control stops, and returns its exit status.
+func supervise(env *cli.Env, path string, argv, environ []string) int {
+	sigs := make(chan os.Signal, 16)
+	// Caught, not ignored: a caught signal is back to its default in the
+	// program after exec, an ignored one stays ignored there.
+	for _, sig := range []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTSTP, syscall.SIGTERM, syscall.SIGHUP,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGCONT} {
+		if ignoredAtStart[sig] {
+			signal.Ignore(sig)
+			continue
+		}
+		signal.Notify(sigs, sig)
+	}
+	defer signal.Stop(sigs)
+	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
+		Env:   environ,
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+	})
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: cannot start %s: %v\n", path, errors.Unwrap(err))
+		if errors.Is(err, fs.ErrNotExist) {
+			return 127
+		}
+		return 126
+	}
+	pid := proc.Pid
+	events := make(chan unix.WaitStatus)
+	go func() {
+		defer close(events)
+		for {
+			var ws unix.WaitStatus
+			_, err := unix.Wait4(pid, &ws, unix.WUNTRACED, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			events <- ws
+			if ws.Exited() || ws.Signaled() {
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			if !terminalSignals[sig] {
+				unix.Kill(pid, sig.(syscall.Signal))
+			}
+		case ws, ok := <-events:
+			switch {
+			case !ok:
+				fmt.Fprintf(env.Stderr, "funtun: lost track of %s (pid %d)\n", path, pid)
+				return 1
+			case ws.Exited():
+				return ws.ExitStatus()
+			case ws.Signaled():
+				return 128 + int(ws.Signal())
+			case ws.Stopped():
+				// A job-control stop (Ctrl-Z, a background read): stop
+				// with the program so that the shell sees the job stop,
+				// and take it along when the shell continues us.
+				switch ws.StopSignal() {
+				case unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+					unix.Kill(os.Getpid(), unix.SIGSTOP)
+					unix.Kill(pid, unix.SIGCONT)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,424 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/funtun/funtun/funnel"
+	"golang.org/x/sys/unix"
+)
+
+// udpIdle ends a relayed datagram flow after this long without traffic:
+// a UDP socket's close is not seen from here.
+const udpIdle = 2 * time.Minute
+
+// relayAcceptWait bounds how long a relay waits for the program's socket
+// to arrive on its loopback listener after connect() was answered.
+const relayAcceptWait = 30 * time.Second
+
+// connect answers CONNECT: the program's socket fd is to reach the
+// destination in req through the profile. The result is what connect()
+// returns in the program: 0, EINPROGRESS, or the errno of the failure.
+func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) unix.Errno {
+	// Our copy of the program's socket goes once it is connected; the
+	// program keeps its own.
+	defer unix.Close(fd)
+	// The library has asked the socket's type already; the family and the
+	// protocol (for datagrams) are asked here.
+	sotype := int(req.Arg)
+	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return errnoOf(err)
+	}
+	proto := 0
+	if sotype == unix.SOCK_DGRAM {
+		if proto, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+			return errnoOf(err)
+		}
+	}
+	ap, scope, ok := parseSockaddr(req.Addr)
+	if !ok {
+		return unix.EINVAL
+	}
+	if family != unix.AF_INET && family != unix.AF_INET6 {
+		return unix.EAFNOSUPPORT
+	}
+	if family == unix.AF_INET && !ap.Addr().Unmap().Is4() {
+		return unix.EAFNOSUPPORT // what the kernel says to an IPv6 address on an IPv4 socket
+	}
+	var network funnel.Network
+	switch {
+	case sotype == unix.SOCK_STREAM:
+		network = funnel.TCP
+	case sotype == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
+		network = funnel.UDP
+	default:
+		// ICMP, SCTP, raw: nothing in the funnel carries them, and letting
+		// them past would leak around the profile.
+		s.Log.Warn("preload: refused a connect the funnel cannot carry", "pid", p.pid, "type", sotype, "protocol", proto, "dst", ap.String())
+		return unix.EACCES
+	}
+	dest, err := s.destination(ap)
+	if err != nil {
+		return errnoOf(err)
+	}
+	pl, err := s.Engine.Resolve(s.Selector)
+	if err != nil {
+		s.Log.Error("preload: no profile", "err", err)
+		return unix.ECONNREFUSED
+	}
+	f := s.newFlow(p, network, dest)
+	// The address the program asked for, kept with its IPv6 scope, in case
+	// the profile sends the flow exactly there.
+	asked := handoffTarget{ap: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), scope: scope}
+	if network == funnel.UDP {
+		return s.connectDgram(ctx, f, pl, fd, family, asked)
+	}
+	return s.connectStream(ctx, f, pl, fd, family, asked)
+}
+
+type handoffTarget struct {
+	ap    netip.AddrPort
+	scope uint32
+}
+
+func (s *Server) connectStream(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {
+	release := pl.Hold()
+	f.Handoff = true
+	conn, err := pl.DialStream(ctx, f)
+	if err != nil {
+		release()
+		s.Engine.End(f, err)
+		return errnoOf(err)
+	}
+	if h, ok := conn.(*funnel.Handoff); ok {
+		if sa, ok := socketAddr(fd, family, h.Addr, asked); ok {
+			errno := connectFD(fd, sa)
+			release()
+			s.endHandoff(f, fd, errno)
+			return errno
+		}
+		// The program's socket cannot reach that family (an IPv4 socket,
+		// an IPv6-only destination): carry the flow through a relay.
+		f.Handoff = false
+		if conn, err = pl.DialStream(ctx, f); err != nil {
+			release()
+			s.Engine.End(f, err)
+			return errnoOf(err)
+		}
+	}
+	hub, sa, err := s.hubs.hub(fd, family)
+	if err != nil {
+		conn.Close()
+		release()
+		s.Engine.End(f, err)
+		return unix.EIO
+	}
+	errno := connectFD(fd, sa)
+	if errno != 0 && errno != unix.EINPROGRESS {
+		conn.Close()
+		release()
+		s.Engine.End(f, errno)
+		return errno
+	}
+	local, err := unix.Getsockname(fd)
+	from, ok := addrPortOf(local)
+	if err != nil || !ok {
+		conn.Close()
+		release()
+		s.Engine.End(f, err)
+		return unix.EIO
+	}
+	f.Source = net.TCPAddrFromAddrPort(from)
+	go func() {
+		defer release()
+		app, err := hub.take(from)
+		if err != nil {
+			conn.Close()
+			s.Engine.End(f, err)
+			return
+		}
+		s.Engine.End(f, funnel.Relay(app, conn, f.Up, f.Down))
+	}()
+	return errno
+}
+
+// endHandoff logs a handed-off flow: there is no relay, so this is all
+// there is to say about it.
+func (s *Server) endHandoff(f *funnel.Flow, fd int, errno unix.Errno) {
+	failed := errno != 0 && errno != unix.EINPROGRESS
+	// The source is for the log line only: skip the system call when no
+	// line will be written (the launcher logs failed flows only).
+	if failed || s.Log.Enabled(context.Background(), slog.LevelInfo) {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			if ap, ok := addrPortOf(sa); ok {
+				f.Source = net.TCPAddrFromAddrPort(ap)
+			}
+		}
+	}
+	if failed {
+		s.Engine.End(f, errno)
+		return
+	}
+	s.Engine.End(f, nil)
+}
+
+func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {
+	release := pl.Hold()
+	dg, err := pl.DialDgram(ctx, f)
+	if err != nil {
+		release()
+		s.Engine.End(f, err)
+		return errnoOf(err)
+	}
+	// When what comes back is direct's own kernel socket, no piece touches
+	// the datagrams: connect the program's socket to the same place and
+	// drop ours — the datagram form of a handoff.
+	if u, ok := dg.(*funnel.UDPConn); ok {
+		if ra, ok := u.RemoteAddr().(*net.UDPAddr); ok {
+			if sa, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
+				u.Close()
+				errno := connectFD(fd, sa)
+				release()
+				s.endHandoff(f, fd, errno)
+				return errno
+			}
+		}
+	}
+	rc, sa, err := loopbackUDP(fd, family)
+	if err != nil {
+		dg.Close()
+		release()
+		s.Engine.End(f, err)
+		return errnoOf(err)
+	}
+	errno := connectFD(fd, sa)
+	if errno != 0 {
+		rc.Close()
+		dg.Close()
+		release()
+		s.Engine.End(f, errno)
+		return errno
+	}
+	local, err := unix.Getsockname(fd)
+	app, ok := addrPortOf(local)
+	if err != nil || !ok {
+		rc.Close()
+		dg.Close()
+		release()
+		return unix.EIO
+	}
+	// Our relay socket takes datagrams from the program's socket only.
+	if err := connectConn(rc, app); err != nil {
+		rc.Close()
+		dg.Close()
+		release()
+		s.Engine.End(f, err)
+		return errnoOf(err)
+	}
+	f.Source = net.UDPAddrFromAddrPort(app)
+	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "dst", f.Dest.String())
+	go func() {
+		defer release()
+		stop := context.AfterFunc(ctx, func() { rc.Close(); dg.Close() })
+		defer stop()
+		s.Engine.End(f, relayDatagrams(rc, dg, f, app))
+	}()
+	return 0
+}
+
+// relayDatagrams carries datagrams between the program (on rc, connected
+// to it) and the chain until either side fails or both are idle.
+func relayDatagrams(rc *net.UDPConn, dg funnel.DgramConn, f *funnel.Flow, app netip.AddrPort) error {
+	last := newActivity()
+	upErr := make(chan error, 1)
+	go func() {
+		for {
+			fr := funnel.NewFrame()
+			n, err := rc.Read(fr.Room())
+			if err != nil {
+				fr.Release()
+				dg.Close()
+				upErr <- err
+				return
+			}
+			fr.SetLen(n)
+			fr.Src = app
+			fr.Time = time.Now()
+			last.touch()
+			f.Up.Add(int64(n))
+			if err := dg.WriteFrame(fr); err != nil {
+				rc.Close()
+				upErr <- err
+				return
+			}
+		}
+	}()
+	var err error
+	for {
+		dg.SetReadDeadline(time.Now().Add(udpIdle))
+		fr, rerr := dg.ReadFrame()
+		if rerr != nil {
+			if errors.Is(rerr, os.ErrDeadlineExceeded) && last.since() < udpIdle {
+				continue
+			}
+			if !errors.Is(rerr, os.ErrDeadlineExceeded) && !errors.Is(rerr, net.ErrClosed) {
+				err = rerr
+			}
+			break
+		}
+		last.touch()
+		f.Down.Add(int64(fr.Len()))
+		_, werr := rc.Write(fr.Bytes())
+		fr.Release()
+		if werr != nil {
+			// The program closed its socket: the kernel answers our
+			// datagram with "port unreachable".
+			if !errors.Is(werr, unix.ECONNREFUSED) {
+				err = werr
+			}
+			break
+		}
+	}
+	rc.Close()
+	dg.Close()
+	uerr := <-upErr
+	if err == nil && uerr != nil && !errors.Is(uerr, net.ErrClosed) && !errors.Is(uerr, unix.ECONNREFUSED) {
+		err = uerr
+	}
+	return err
+}
+
+// socketAddr is where to connect a socket of family for addr, or false
+// when that family cannot reach it (an IPv4 socket and an IPv6 address, or
+// an IPv6-only socket and an IPv4 address).
+func socketAddr(fd, family int, addr netip.AddrPort, asked handoffTarget) (unix.Sockaddr, bool) {
+	a := addr.Addr().Unmap()
+	if family == unix.AF_INET {
+		if !a.Is4() {
+			return nil, false
+		}
+		return &unix.SockaddrInet4{Port: int(addr.Port()), Addr: a.As4()}, true
+	}
+	if a.Is4() {
+		if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only != 0 {
+			return nil, false
+		}
+		return &unix.SockaddrInet6{Port: int(addr.Port()), Addr: netip.AddrFrom16(a.As16()).As16()}, true
+	}
+	sa := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16()}
+	if z := addr.Addr().Zone(); z != "" {
+		if n, err := strconv.Atoi(z); err == nil {
+			sa.ZoneId = uint32(n)
+		} else if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	} else if a == asked.ap.Addr() {
+		sa.ZoneId = asked.scope
+	}
+	return sa, true
+}
+
+// connectFD connects the program's socket. A blocking socket blocks here
+// as it would in the program (which waits for our answer); a non-blocking
+// one gives EINPROGRESS, and the program polls its own socket.
+func connectFD(fd int, sa unix.Sockaddr) unix.Errno {
+	err := unix.Connect(fd, sa)
+	if err == nil {
+		return 0
+	}
+	errno, ok := err.(unix.Errno)
+	if !ok {
+		return unix.EIO
+	}
+	if errno == unix.EINTR || errno == unix.EALREADY {
+		// A signal of ours interrupted a blocking connect that goes on in
+		// the kernel: wait for it like the program would have.
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NONBLOCK != 0 {
+			return unix.EINPROGRESS
+		}
+		return waitConnected(fd)
+	}
+	return errno
+}
+
+func waitConnected(fd int) unix.Errno {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		_, err := unix.Poll(pfd, -1)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return unix.EIO
+	}
+	return unix.Errno(soerr)
+}
+
+func loopbackUDP(fd, family int) (*net.UDPConn, unix.Sockaddr, error) {
+	if family == unix.AF_INET6 {
+		if c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback}); err == nil {
+			ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			return c, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, nil
+		}
+	}
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, nil, err
+	}
+	ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	sa, ok := socketAddr(fd, family, ap, handoffTarget{})
+	if !ok {
+		c.Close()
+		return nil, nil, funnel.Errorf(funnel.KindAddrNotSupported, "an IPv6-only socket cannot reach the funnel's IPv4 relay, and IPv6 loopback is unavailable")
+	}
+	return c, sa, nil
+}
+
+// connectConn connects one of our UDP sockets to a peer, so that the
+// kernel drops datagrams from anyone else.
+func connectConn(c *net.UDPConn, to netip.AddrPort) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	family := unix.AF_INET
+	if local.Addr().Is6() && !local.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		sa, ok := socketAddr(int(fd), family, to, handoffTarget{})
+		if !ok {
+			cerr = unix.EAFNOSUPPORT
+			return
+		}
+		cerr = unix.Connect(int(fd), sa)
+	}); err != nil {
+		return err
+	}
+	return cerr
+}
+
+// activity is the time of a flow's last datagram, either way.
+type activity struct{ last atomic.Int64 }
+
+func newActivity() *activity {
+	a := &activity{}
+	a.touch()
+	return a
+}
+
+func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
+
+func (a *activity) since() time.Duration { return time.Since(time.Unix(0, a.last.Load())) }

@@ -1,0 +1,203 @@
+/*
+ * connect.c — outgoing connections. connect() hands the program's own
+ * socket to the funnel, which connects it (to the destination itself when
+ * the profile leaves the bytes alone, else to a relay of its own); the
+ * program keeps a real kernel socket, so non-blocking connect, poll, epoll
+ * and SO_ERROR behave as they always do. getpeername() then tells the
+ * destination the program asked for. close/dup keep the bookkeeping true.
+ */
+#include "funtun.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+static int is_inet(const struct sockaddr *sa, socklen_t len)
+{
+	return sa && len >= sizeof(sa_family_t) && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6);
+}
+
+/* A second connect() on a socket the funnel already connected: answer what
+ * the kernel would, without a new flow (old-style programs poll this way). */
+static int reconnect_state(int fd, int *err)
+{
+	struct tcp_info ti;
+	socklen_t l = sizeof ti;
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) != 0)
+		return 0;
+	switch (ti.tcpi_state) {
+	case TCP_SYN_SENT:
+	case TCP_SYN_RECV:
+		*err = EALREADY;
+		return 1;
+	case TCP_CLOSE: {
+		int soerr = 0;
+		l = sizeof soerr;
+		getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l);
+		if (soerr) {
+			*err = soerr;
+			return 1;
+		}
+		return 0; /* a fresh attempt */
+	}
+	default:
+		*err = EISCONN;
+		return 1;
+	}
+}
+
+int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	ft_init();
+	if (!is_inet(sa, len))
+		return ft_real.connect(fd, sa, len);
+	int type = 0;
+	socklen_t tl = sizeof type;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
+		return ft_real.connect(fd, sa, len); /* not a socket: let the kernel say so */
+	type &= 0xff;
+
+	struct ft_fdinfo info;
+	if (type == SOCK_STREAM && ft_fd_get(fd, &info) && info.kind == FT_KIND_OUT) {
+		int err;
+		if (reconnect_state(fd, &err)) {
+			if (err != EALREADY && err != EISCONN)
+				ft_fd_clear(fd);
+			errno = err;
+			return -1;
+		}
+	}
+
+	struct ft_req req;
+	struct ft_resp resp;
+	memset(&req, 0, sizeof req);
+	req.op = FT_OP_CONNECT;
+	req.arg = type;
+	req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
+	memcpy(req.addr, sa, req.addrlen);
+	int r = ft_call(&req, fd, &resp, 1);
+	if (r < 0) {
+		errno = -r;
+		return -1;
+	}
+	if (resp.err == 0 || resp.err == EINPROGRESS) {
+		memset(&info, 0, sizeof info);
+		info.kind = FT_KIND_OUT;
+		info.ino = ft_inode(fd);
+		info.peerlen = req.addrlen;
+		memcpy(&info.peer, sa, req.addrlen);
+		ft_fd_set(fd, &info);
+	}
+	if (resp.err != 0) {
+		errno = resp.err;
+		return -1;
+	}
+	return 0;
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	ft_init();
+	struct sockaddr_storage real;
+	socklen_t reallen = sizeof real;
+	if (ft_real.getpeername(fd, (struct sockaddr *)&real, &reallen) != 0)
+		return -1; /* ENOTCONN while connecting, as always */
+	struct ft_fdinfo info;
+	if (ft_fd_get(fd, &info) && (info.kind == FT_KIND_OUT || info.kind == FT_KIND_ACCEPTED) && info.peerlen) {
+		ft_copy_addr(addr, len, &info.peer, info.peerlen);
+		return 0;
+	}
+	ft_copy_addr(addr, len, &real, reallen);
+	return 0;
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	ft_init();
+	struct ft_fdinfo info;
+	if (ft_fd_get(fd, &info) && (info.kind == FT_KIND_LISTEN || info.kind == FT_KIND_ACCEPTED) && info.locallen) {
+		ft_copy_addr(addr, len, &info.local, info.locallen);
+		return 0;
+	}
+	return ft_real.getsockname(fd, addr, len);
+}
+
+int close(int fd)
+{
+	ft_init();
+	if (ft_is_control_fd(fd))
+		ft_forget_control_fd(fd);
+	struct ft_fdinfo info;
+	int listening = ft_fd_get(fd, &info) && info.kind == FT_KIND_LISTEN;
+	ft_fd_clear(fd);
+	int r = ft_real.close(fd);
+	if (listening) {
+		int e = errno;
+		ft_unlisten(&info); /* after the close: the funnel probes the port */
+		errno = e;
+	}
+	return r;
+}
+
+int dup(int fd)
+{
+	ft_init();
+	int r = ft_real.dup(fd);
+	if (r >= 0)
+		ft_fd_copy(fd, r);
+	return r;
+}
+
+int dup2(int fd, int to)
+{
+	ft_init();
+	if (fd != to && ft_is_control_fd(to))
+		ft_forget_control_fd(to);
+	int r = ft_real.dup2(fd, to);
+	if (r >= 0 && fd != to)
+		ft_fd_copy(fd, to);
+	return r;
+}
+
+int dup3(int fd, int to, int flags)
+{
+	ft_init();
+	if (fd != to && ft_is_control_fd(to))
+		ft_forget_control_fd(to);
+	int r = ft_real.dup3(fd, to, flags);
+	if (r >= 0)
+		ft_fd_copy(fd, to);
+	return r;
+}
+
+/* fcntl's third argument is read as a pointer, as glibc itself does: every
+ * command's argument (int, long or pointer) travels in one register. */
+static int fcntl_common(int fd, int cmd, void *arg)
+{
+	ft_init();
+	int r = ft_real.fcntl(fd, cmd, arg);
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+		ft_fd_copy(fd, r);
+	return r;
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg);
+}

@@ -1,0 +1,126 @@
+/*
+ * funtun.h — shared inside libfuntun.so only: the real libc symbols, the
+ * control connection to the funnel, and the per-descriptor bookkeeping.
+ */
+#ifndef FUNTUN_H
+#define FUNTUN_H
+
+#define _GNU_SOURCE
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "funtun_wire.h"
+
+#define FT_HIDDEN __attribute__((visibility("hidden")))
+
+/* The next definitions of the symbols we overrule (normally libc's). */
+struct ft_real {
+	int (*connect)(int, const struct sockaddr *, socklen_t);
+	int (*bind)(int, const struct sockaddr *, socklen_t);
+	int (*listen)(int, int);
+	int (*accept)(int, struct sockaddr *, socklen_t *);
+	int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+	int (*getpeername)(int, struct sockaddr *, socklen_t *);
+	int (*getsockname)(int, struct sockaddr *, socklen_t *);
+	int (*close)(int);
+	int (*dup)(int);
+	int (*dup2)(int, int);
+	int (*dup3)(int, int, int);
+	int (*fcntl)(int, int, ...);
+	int (*getaddrinfo)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+	int (*getnameinfo)(const struct sockaddr *, socklen_t, char *, socklen_t, char *, socklen_t, int);
+	ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+	ssize_t (*sendmsg)(int, const struct msghdr *, int);
+	int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+	ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+	ssize_t (*recvmsg)(int, struct msghdr *, int);
+	int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+};
+FT_HIDDEN extern struct ft_real ft_real;
+FT_HIDDEN void ft_init(void);
+
+/* ft_call sends req (with fd as SCM_RIGHTS when fd >= 0) and reads the
+ * answer. It returns 0, or -errno when the funnel cannot be reached or
+ * answered nothing (the caller fails closed). interruptible: a signal may
+ * end the wait with -EINTR (for connect, whose native form does that). */
+FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int interruptible);
+FT_HIDDEN int ft_is_control_fd(int fd);
+FT_HIDDEN void ft_forget_control_fd(int fd);
+
+/* What the library remembers about one of the program's descriptors. */
+enum ft_kind {
+	FT_KIND_NONE = 0,
+	FT_KIND_OUT = 1,      /* connected through the funnel: peer = intended destination */
+	FT_KIND_LISTEN = 2,   /* bound to a hidden port: local = public address */
+	FT_KIND_ACCEPTED = 3, /* accepted through the funnel: peer = real client, local = public */
+	FT_KIND_UDP = 4,      /* unconnected UDP with datagram associations */
+};
+
+struct ft_fdinfo {
+	uint32_t kind;
+	uint32_t udp; /* datagrams sent with an address went through the funnel (udp.c) */
+	uint64_t ino; /* the socket's inode: a stale entry (fd closed behind our back) never matches */
+	socklen_t peerlen, locallen;
+	struct sockaddr_in6 peer;  /* large enough for sockaddr_in too */
+	struct sockaddr_in6 local;
+};
+
+FT_HIDDEN uint64_t ft_inode(int fd);
+/* ft_fd_get copies the entry for fd when it is current; 0 if none. */
+FT_HIDDEN int ft_fd_get(int fd, struct ft_fdinfo *out);
+FT_HIDDEN void ft_fd_set(int fd, const struct ft_fdinfo *in);
+FT_HIDDEN void ft_fd_clear(int fd);
+FT_HIDDEN void ft_fd_copy(int from, int to);
+
+/* ft_unlisten tells the funnel a hidden listener was closed. */
+FT_HIDDEN void ft_unlisten(const struct ft_fdinfo *info);
+
+/* A sequence lock: readers never wait on a writer (a signal handler may
+ * read while the code it interrupted writes); writers take turns, and one
+ * that cannot get its turn gives up rather than deadlock. */
+typedef struct {
+	atomic_uint v;
+} ft_seq;
+
+static inline int ft_seq_write_begin(ft_seq *s)
+{
+	for (int i = 0; i < 10000; i++) {
+		unsigned v = atomic_load_explicit(&s->v, memory_order_relaxed);
+		if (!(v & 1) && atomic_compare_exchange_weak_explicit(&s->v, &v, v + 1, memory_order_acquire,
+								      memory_order_relaxed)) {
+			atomic_thread_fence(memory_order_release);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static inline void ft_seq_write_end(ft_seq *s)
+{
+	atomic_fetch_add_explicit(&s->v, 1, memory_order_release);
+}
+
+static inline unsigned ft_seq_read_begin(ft_seq *s)
+{
+	return atomic_load_explicit(&s->v, memory_order_acquire);
+}
+
+/* ft_seq_read_retry: did a writer change what was read since begin? */
+static inline int ft_seq_read_retry(ft_seq *s, unsigned v)
+{
+	atomic_thread_fence(memory_order_acquire);
+	return atomic_load_explicit(&s->v, memory_order_relaxed) != v;
+}
+
+FT_HIDDEN void ft_udp_after_fork(void);
+
+/* Synthetic addresses. */
+FT_HIDDEN int ft_is_synthetic(const struct sockaddr *sa, socklen_t len);
+
+FT_HIDDEN socklen_t ft_copy_addr(struct sockaddr *dst, socklen_t *dstlen, const void *src, socklen_t srclen);
+
+#endif

@@ -1,0 +1,107 @@
+/*
+ * funtun_wire.h — the control protocol between libfuntun.so (in a hooked
+ * program) and the funnel (in the launcher). Its Go mirror is
+ * hooks/preload/wire.go; change both together and bump FT_WIRE_VERSION.
+ *
+ * Transport: a Unix SOCK_SEQPACKET socket whose path the launcher puts in
+ * FUNTUN_SOCKET. Each message is one packet, so no framing is needed. The
+ * library sends one struct ft_req and reads one struct ft_resp back on the
+ * same connection; a connection carries one request at a time. Requests
+ * that act on a socket of the program (CONNECT, BIND, LISTEN, UDP_ASSOC)
+ * carry that socket as SCM_RIGHTS: the funnel works on the program's own
+ * kernel socket, so poll/epoll/SO_ERROR stay native.
+ *
+ * Integers are in host byte order (both ends run on the same machine);
+ * addresses are raw struct sockaddr_in / sockaddr_in6 bytes as the kernel
+ * takes them (port and address in network order).
+ */
+#ifndef FUNTUN_WIRE_H
+#define FUNTUN_WIRE_H
+
+#include <stdint.h>
+
+#define FT_WIRE_VERSION 1
+#define FT_NAME_MAX 256  /* host names, NUL included */
+#define FT_ADDR_MAX 28   /* sizeof(struct sockaddr_in6) */
+
+/* Synthetic addresses: the funnel hands them out for names and maps them
+ * back when the program connects to one. 198.18.0.0/15 is the RFC 2544
+ * benchmarking range; the IPv6 range is unicast ULA (never multicast, which
+ * breaks programs). The same index is used in both: the low 17 bits. */
+#define FT_SYNTH4_NET 0xC6120000u /* 198.18.0.0, host order */
+#define FT_SYNTH4_MASK 0xFFFE0000u /* /15 */
+#define FT_SYNTH6_PREFIX {0xfd, 0xff, 0x00, 0xf7, 0, 0, 0, 0, 0, 0, 0, 0} /* fdff:f7::/96 */
+
+enum ft_op {
+	/* fd attached. addr = destination, arg = SOCK_STREAM or SOCK_DGRAM.
+	 * The funnel connects the fd (to the destination itself, or to its own
+	 * loopback relay when pieces act) and answers err = 0, EINPROGRESS
+	 * (non-blocking socket) or the errno connect() must fail with. */
+	FT_OP_CONNECT = 1,
+	/* name = host name, arg = AF_INET or AF_INET6. Answer: addr = a
+	 * synthetic sockaddr of that family (port 0) that maps to the name;
+	 * err = 0 or an EAI_* code. */
+	FT_OP_RESOLVE = 2,
+	/* addr = a synthetic address. Answer: name, or err = EAI_NONAME. */
+	FT_OP_REVERSE = 3,
+	/* (4 is not used.) */
+	/* fd attached: the program's socket, bound (or not) and about to
+	 * listen; arg = backlog; addr = the address of a loopback listener the
+	 * library made to stand in for it (its "hidden" listener). Answer: flags
+	 * FT_LISTEN_NATIVE (incoming flows need no pieces: listen yourself) or
+	 * FT_LISTEN_TAKEN (the funnel now listens on the program's socket and
+	 * relays each connection, through the pieces, to the hidden listener,
+	 * which the library puts in the socket's place), addr2 = the public
+	 * address for getsockname. */
+	FT_OP_LISTEN = 5,
+	/* addr = the peer of a connection accept() gave on a hidden port (a
+	 * loopback socket of the funnel). Answer: addr = the real client,
+	 * addr2 = the public local address it reached. */
+	FT_OP_ACCEPTED = 6,
+	/* fd attached (a UDP socket), addr = where the program sends a
+	 * datagram with sendto/sendmsg. Answer: addr = where to send it
+	 * instead: the destination itself (a synthetic address resolved) when
+	 * no piece touches datagrams, else a loopback relay of the funnel for
+	 * this socket and destination. Datagrams that come back from there are
+	 * reported as coming from the destination. */
+	FT_OP_UDP_ASSOC = 7,
+	/* (8 is not used.) */
+	/* No fd: the program closed a hidden listener (addr = its address),
+	 * or a bind() failed with EADDRINUSE (addr = the address asked for,
+	 * arg = 1). The funnel stops listening on a public address once no
+	 * socket listens on its hidden one any more (a forked child may, and
+	 * a child that exits closes its copy unseen). Answer: err = 0 when a
+	 * public address was given up, ENOENT when none was. */
+	FT_OP_UNLISTEN = 9,
+};
+
+enum ft_listen_flags {
+	FT_LISTEN_NATIVE = 1,
+	FT_LISTEN_TAKEN = 2,
+};
+
+struct ft_req {
+	uint32_t version;        /* FT_WIRE_VERSION */
+	uint32_t op;             /* enum ft_op */
+	int32_t arg;             /* per op */
+	uint32_t flags;          /* reserved, 0 */
+	uint32_t addrlen;        /* bytes used in addr */
+	uint8_t addr[FT_ADDR_MAX];
+	char name[FT_NAME_MAX];  /* NUL-terminated */
+};
+
+struct ft_resp {
+	int32_t err;             /* errno (or EAI_* for RESOLVE/REVERSE), 0 = ok */
+	uint32_t flags;          /* per op */
+	uint32_t addrlen;
+	uint8_t addr[FT_ADDR_MAX];
+	uint32_t addr2len;
+	uint8_t addr2[FT_ADDR_MAX];
+	char name[FT_NAME_MAX];
+};
+
+/* The Go side checks these sizes and offsets (wire_test.go). */
+#define FT_REQ_SIZE 304
+#define FT_RESP_SIZE 328
+
+#endif
