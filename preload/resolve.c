@@ -185,6 +185,22 @@ struct host_storage {
 	char name[FT_NAME_MAX];
 };
 
+/* set_hostent points he at st, whose addr is already filled in. */
+static void set_hostent(struct hostent *he, struct host_storage *st, int af, const char *name)
+{
+	size_t n = strnlen(name, FT_NAME_MAX - 1);
+	memcpy(st->name, name, n);
+	st->name[n] = '\0';
+	st->aliases[0] = NULL;
+	st->addrs[0] = (char *)st->addr;
+	st->addrs[1] = NULL;
+	he->h_name = st->name;
+	he->h_aliases = st->aliases;
+	he->h_addrtype = af;
+	he->h_length = af == AF_INET ? 4 : 16;
+	he->h_addr_list = st->addrs;
+}
+
 /* fill_host answers name for family af into he, using storage; it returns
  * 0, or a netdb h_errno value. */
 static int fill_host(const char *name, int af, struct hostent *he, struct host_storage *st)
@@ -210,26 +226,13 @@ static int fill_host(const char *name, int af, struct hostent *he, struct host_s
 		return TRY_AGAIN;
 	if (r != 0)
 		return r == EAI_NONAME ? HOST_NOT_FOUND : NO_RECOVERY;
-	size_t alen = af == AF_INET ? 4 : 16;
-	memcpy(st->addr, addr_bytes(&resp), alen);
-	const char *canon = resp.name[0] ? resp.name : name;
-	size_t n = strnlen(canon, FT_NAME_MAX - 1);
-	memcpy(st->name, canon, n);
-	st->name[n] = '\0';
-	st->aliases[0] = NULL;
-	st->addrs[0] = (char *)st->addr;
-	st->addrs[1] = NULL;
-	he->h_name = st->name;
-	he->h_aliases = st->aliases;
-	he->h_addrtype = af;
-	he->h_length = (int)alen;
-	he->h_addr_list = st->addrs;
+	memcpy(st->addr, addr_bytes(&resp), af == AF_INET ? 4 : 16);
+	set_hostent(he, st, af, resp.name[0] ? resp.name : name);
 	return 0;
 }
 
 static int numeric_host(const char *name, int af, struct hostent *he, struct host_storage *st)
 {
-	size_t alen = af == AF_INET ? 4 : 16;
 	if (af == AF_INET) {
 		struct in_addr a;
 		if (!inet_aton(name, &a))
@@ -238,17 +241,7 @@ static int numeric_host(const char *name, int af, struct hostent *he, struct hos
 	} else if (inet_pton(AF_INET6, name, st->addr) != 1) {
 		return 0;
 	}
-	size_t n = strnlen(name, FT_NAME_MAX - 1);
-	memcpy(st->name, name, n);
-	st->name[n] = '\0';
-	st->aliases[0] = NULL;
-	st->addrs[0] = (char *)st->addr;
-	st->addrs[1] = NULL;
-	he->h_name = st->name;
-	he->h_aliases = st->aliases;
-	he->h_addrtype = af;
-	he->h_length = (int)alen;
-	he->h_addr_list = st->addrs;
+	set_hostent(he, st, af, name);
 	return 1;
 }
 

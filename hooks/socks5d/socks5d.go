@@ -14,10 +14,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -180,8 +178,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	}
 	env.Log.Info("socks5d serving", attrs...)
 
-	cli.ReloadOnHUP(ctx, eng)
-	reloadFilesOnHUP(ctx, env, eng, srv, *usersFile, *mapFile)
+	cli.ReloadOnHUP(ctx, eng, func() { reloadFiles(env, eng, srv, *usersFile, *mapFile) })
 	if err := srv.Serve(ctx, ls...); err != nil && ctx.Err() == nil {
 		return env.Errorf("socks5d", "%v", err)
 	}
@@ -267,40 +264,25 @@ func loadUsersChecked(eng *funnel.Engine, path string) (*Users, error) {
 	return u, errors.Join(errs...)
 }
 
-// reloadFilesOnHUP rereads the users and map files on SIGHUP, after the
-// profiles (cli.ReloadOnHUP reloads those); a broken file keeps the old.
-func reloadFilesOnHUP(ctx context.Context, env *cli.Env, eng *funnel.Engine, srv *Server, usersFile, mapFile string) {
-	if usersFile == "" && mapFile == "" {
-		return
-	}
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(ch)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ch:
-			}
-			if usersFile != "" {
-				if u, err := loadUsersChecked(eng, usersFile); err != nil {
-					env.Log.Error("users file reload failed; keeping the old one", "err", err)
-				} else {
-					srv.SetUsers(u)
-					env.Log.Info("users file reloaded", "file", usersFile)
-				}
-			}
-			if mapFile != "" {
-				if m, err := LoadMap(mapFile); err != nil {
-					env.Log.Error("map file reload failed; keeping the old one", "err", err)
-				} else {
-					srv.SetMap(m)
-					env.Log.Info("map file reloaded", "file", mapFile)
-				}
-			}
+// reloadFiles rereads the users and map files on SIGHUP, after the
+// profiles; a broken file keeps the old one.
+func reloadFiles(env *cli.Env, eng *funnel.Engine, srv *Server, usersFile, mapFile string) {
+	if usersFile != "" {
+		if u, err := loadUsersChecked(eng, usersFile); err != nil {
+			env.Log.Error("users file reload failed; keeping the old one", "err", err)
+		} else {
+			srv.SetUsers(u)
+			env.Log.Info("users file reloaded", "file", usersFile)
 		}
-	}()
+	}
+	if mapFile != "" {
+		if m, err := LoadMap(mapFile); err != nil {
+			env.Log.Error("map file reload failed; keeping the old one", "err", err)
+		} else {
+			srv.SetMap(m)
+			env.Log.Info("map file reloaded", "file", mapFile)
+		}
+	}
 }
 
 func runAddUser(env *cli.Env, args []string) int {

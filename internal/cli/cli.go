@@ -145,8 +145,10 @@ func (s *StringList) String() string     { return strings.Join(*s, ",") }
 func (s *StringList) Set(v string) error { *s = append(*s, v); return nil }
 
 // ReloadOnHUP recompiles all profiles on SIGHUP until ctx ends; a failed
-// reload is logged and the old profiles stay.
-func ReloadOnHUP(ctx context.Context, e *funnel.Engine) {
+// reload is logged and the old profiles stay. Each of also runs after the
+// profiles, in order, for a hook's own files (a users file that names
+// profiles must see the new ones).
+func ReloadOnHUP(ctx context.Context, e *funnel.Engine, also ...func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	go func() {
@@ -157,6 +159,9 @@ func ReloadOnHUP(ctx context.Context, e *funnel.Engine) {
 				return
 			case <-ch:
 				e.Reload()
+				for _, f := range also {
+					f()
+				}
 			}
 		}
 	}()
