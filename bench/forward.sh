@@ -6,8 +6,12 @@
 # Environment:
 #   BENCH_SECONDS   length of each iperf3 run (default 5)
 #   BENCH_STREAMS   parallel-stream counts to try, space separated (default "1 4")
-#   BENCH_ROUNDS    rounds of all runs, interleaved; the table shows the median (default 1)
+#   BENCH_ROUNDS    rounds of all runs, interleaved; the table shows the median (default 3)
 #   BENCH_REVERSE   1: also measure server-to-client (iperf3 -R), the relay's other direction
+#   BENCH_CC        TCP congestion control iperf3 asks for at both ends (-C), e.g. reno;
+#                   default: the system's (net.ipv4.tcp_congestion_control)
+#   BENCH_NICE      run servers, forwarders and clients under `nice -n BENCH_NICE`
+#                   (e.g. -10 as root, to stand out from other load on a shared machine)
 #   BENCH_PORT      first of the three loopback ports used (default: a free one near 25200)
 #   FUNTUN_BIN      use this binary instead of building bin/funtun
 #   BENCH_CSV       also write the raw results (one line per run) to this file
@@ -15,8 +19,11 @@ set -euo pipefail
 
 seconds=${BENCH_SECONDS:-5}
 streams=${BENCH_STREAMS:-1 4}
-rounds=${BENCH_ROUNDS:-1}
+rounds=${BENCH_ROUNDS:-3}
 reverse=${BENCH_REVERSE:-0}
+cc=${BENCH_CC:-}
+nice_prefix=()
+[[ -n ${BENCH_NICE:-} ]] && nice_prefix=(nice -n "$BENCH_NICE")
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 for tool in iperf3 socat python3 ss; do
@@ -48,11 +55,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
+# A port held by any socket, even in TIME-WAIT, may refuse a listener.
+in_use() { [[ -n $(ss -tanH "sport = :$1" 2>/dev/null) ]]; }
 
-# Three consecutive ports nobody listens on: server, funtun, socat.
+# Three consecutive ports no socket uses: server, funtun, socat. The default
+# lies below the usual ephemeral range so outgoing connections rarely hold it.
 port=${BENCH_PORT:-25200}
 for ((try = 0; try < 50; try++)); do
-	if ! listening "$port" && ! listening $((port + 1)) && ! listening $((port + 2)); then
+	if ! in_use "$port" && ! in_use $((port + 1)) && ! in_use $((port + 2)); then
 		break
 	fi
 	[[ -n ${BENCH_PORT:-} ]] && { echo "forward.sh: ports $port..$((port + 2)) are busy" >&2; exit 2; }
@@ -68,27 +78,27 @@ lifetime=$((rounds * nmodes * nstreams * ndirs * (seconds + 15) + 60))
 
 wait_listening() {
 	local i
-	for ((i = 0; i < 100; i++)); do
+	for ((i = 0; i < 200; i++)); do
 		listening "$1" && return 0
 		sleep 0.05
 	done
-	echo "forward.sh: nothing listens on port $1 after 5s" >&2
+	echo "forward.sh: nothing listens on port $1 after 10s" >&2
 	return 1
 }
 
-timeout "$lifetime" iperf3 -s -B 127.0.0.1 -p "$server_port" >"$work/server.log" 2>&1 &
+"${nice_prefix[@]}" timeout "$lifetime" iperf3 -s -B 127.0.0.1 -p "$server_port" >"$work/server.log" 2>&1 &
 pids+=($!)
-timeout "$lifetime" "$bin" forward --listen "127.0.0.1:$funtun_port" --to "127.0.0.1:$server_port" profile=direct >"$work/funtun.log" 2>&1 &
+"${nice_prefix[@]}" timeout "$lifetime" "$bin" forward --listen "127.0.0.1:$funtun_port" --to "127.0.0.1:$server_port" profile=direct >"$work/funtun.log" 2>&1 &
 pids+=($!)
 funtun_timeout=$!
-timeout "$lifetime" socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$server_port" 2>"$work/socat.log" &
+"${nice_prefix[@]}" timeout "$lifetime" socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$server_port" 2>"$work/socat.log" &
 pids+=($!)
 socat_timeout=$!
-wait_listening "$server_port"
+wait_listening "$server_port" || { cat "$work/server.log" >&2; exit 1; }
 wait_listening "$funtun_port" || { cat "$work/funtun.log" >&2; exit 1; }
 wait_listening "$socat_port" || { cat "$work/socat.log" >&2; exit 1; }
 
-# timeout(1) is the parent we know; the forwarder is its only child.
+# timeout(1) is the parent we know (nice execs it); the forwarder is its only child.
 child_of() {
 	local c
 	c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
@@ -120,12 +130,22 @@ run() {
 	socat) pid=$socat_pid ;;
 	esac
 	[[ $dir == down ]] && flags+=(-R)
+	[[ -n $cc ]] && flags+=(-C "$cc")
 	[[ -n $pid ]] && before=$(cpu_ticks "$pid")
-	if ! timeout $((seconds + 15)) iperf3 -c 127.0.0.1 -p "$p" -t "$seconds" -P "$n" "${flags[@]}" -J >"$work/run.json" 2>"$work/run.err"; then
-		echo "forward.sh: iperf3 through $mode (-P $n $dir) failed:" >&2
-		cat "$work/run.err" "$work/run.json" >&2
-		exit 1
-	fi
+	# One retry: an iperf3 server still tidying up the previous test
+	# refuses the next one ("the server is busy").
+	local attempt
+	for attempt in 1 2; do
+		if "${nice_prefix[@]}" timeout $((seconds + 15)) iperf3 -c 127.0.0.1 -p "$p" -t "$seconds" -P "$n" "${flags[@]}" -J >"$work/run.json" 2>"$work/run.err"; then
+			break
+		fi
+		echo "forward.sh: iperf3 through $mode (-P $n $dir) failed (attempt $attempt):" >&2
+		cat "$work/run.err" >&2
+		python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("error", ""))' "$work/run.json" >&2 2>/dev/null || true
+		[[ $attempt == 2 ]] && exit 1
+		sleep 1
+		[[ -n $pid ]] && before=$(cpu_ticks "$pid")
+	done
 	if [[ -n $pid ]]; then
 		# Let socat's per-connection child exit and be reaped so its CPU
 		# lands in the parent's cutime/cstime.
@@ -145,7 +165,10 @@ EOF
 
 dirs=up
 [[ $reverse == 1 ]] && dirs="up down"
-echo "forward.sh: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, $(nproc) CPUs, ports $server_port/$funtun_port/$socat_port" >&2
+sys_cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)
+read -r load1 load5 _ </proc/loadavg
+echo "forward.sh: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, ports $server_port/$funtun_port/$socat_port" >&2
+header="$(nproc) CPUs, load $load1 $load5, congestion control: ${cc:-$sys_cc}${cc:+ (iperf3 -C; system: $sys_cc)}, $(uname -r)"
 for ((r = 1; r <= rounds; r++)); do
 	for n in $streams; do
 		for d in $dirs; do
@@ -167,6 +190,7 @@ done
 
 [[ -n ${BENCH_CSV:-} ]] && cp "$results" "$BENCH_CSV"
 
+echo "$header"
 python3 - "$results" <<'EOF'
 import math, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -178,7 +202,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 print(f"{'streams':>7} {'dir':>4} {'mode':>7} {'Gbit/s':>8} {'min':>7} {'max':>7} {'fwd CPU s':>9} {'CPU s/GB':>8}")
-for (n, d), modes in sorted(groups.items()):
+for (n, d), modes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "up")):
     gb = {}
     for mode in ("direct", "funtun", "socat"):
         rs = modes.get(mode, [])
