@@ -19,42 +19,59 @@ import (
 // "done" with a shutdown keep working. When both ends are kernel TCP sockets
 // the bytes never enter user space: see spliceCopy.
 func Relay(app, network net.Conn, up, down *atomic.Int64) error {
+	done := make(chan error, 1)
+	RelayAsync(app, network, up, down, func(err error) { done <- err })
+	return <-done
+}
+
+// RelayAsync is Relay that returns at once: it starts one goroutine per
+// direction and calls done, from the direction that ends last, with what
+// Relay would have returned. The caller's goroutine can then end, and with
+// it the stack it grew during the handshake and the dial: an idle flow holds
+// just the two small stacks of goroutines parked in the poller.
+func RelayAsync(app, network net.Conn, up, down *atomic.Int64, done func(error)) {
 	if at, ok := app.(*net.TCPConn); ok {
 		if nt, ok := network.(*net.TCPConn); ok {
 			unpaceLoopback(at)
 			unpaceLoopback(nt)
 		}
 	}
-	var wg sync.WaitGroup
-	var upErr, downErr error
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		upErr = copyHalf(network, app, up)
-		if upErr != nil {
-			// An error one way ends the flow: unblock the other way.
-			app.Close()
-			network.Close()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		downErr = copyHalf(app, network, down)
-		if downErr != nil {
-			app.Close()
-			network.Close()
-		}
-	}()
-	wg.Wait()
-	app.Close()
-	network.Close()
-	if upErr != nil && !isClosedErr(upErr) {
-		return upErr
+	r := &asyncRelay{app: app, network: network, done: done}
+	r.left.Store(2)
+	go r.run(network, app, up, &r.upErr)
+	go r.run(app, network, down, &r.downErr)
+}
+
+type asyncRelay struct {
+	app, network   net.Conn
+	upErr, downErr error
+	left           atomic.Int32
+	done           func(error)
+}
+
+func (r *asyncRelay) run(dst, src net.Conn, count *atomic.Int64, errp *error) {
+	err := copyHalf(dst, src, count)
+	*errp = err
+	if err != nil {
+		// An error one way ends the flow: unblock the other way.
+		r.app.Close()
+		r.network.Close()
 	}
-	if downErr != nil && !isClosedErr(downErr) {
-		return downErr
+	// The atomic orders this direction's error before the other's read.
+	if r.left.Add(-1) != 0 {
+		return
 	}
-	return nil
+	r.app.Close()
+	r.network.Close()
+	switch {
+	case r.upErr != nil && !isClosedErr(r.upErr):
+		err = r.upErr
+	case r.downErr != nil && !isClosedErr(r.downErr):
+		err = r.downErr
+	default:
+		err = nil
+	}
+	r.done(err)
 }
 
 func isClosedErr(err error) bool {

@@ -152,10 +152,14 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener, wg *sync.WaitGr
 		}
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer s.active.Add(-1)
-			defer s.track(c, false)
-			s.serveConn(ctx, c)
+			finish := func() {
+				s.track(c, false)
+				s.active.Add(-1)
+				wg.Done()
+			}
+			if !s.serveConn(ctx, c, finish) {
+				finish()
+			}
 		}()
 	}
 }
@@ -219,10 +223,15 @@ type session struct {
 	reply [4 + 16 + 2]byte // room for the longest reply we send
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+// serveConn serves one client. A CONNECT hands its relay to goroutines of
+// its own and returns true: finish then runs when the relay ends, not now.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, finish func()) (handedOff bool) {
 	ss := &session{s: s, c: c, w: readerPool.Get().(*wireReader)}
 	ss.w.r, ss.w.start, ss.w.end = c, 0, 0
 	defer func() {
+		if handedOff {
+			return
+		}
 		if ss.w != nil {
 			ss.releaseReader()
 		}
@@ -231,7 +240,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	c.SetDeadline(time.Now().Add(s.HandshakeTimeout))
 	req, ok := ss.handshake()
 	if !ok {
-		return
+		return false
 	}
 	// From here on the flow's own timeouts apply (the dial's, --idle);
 	// our replies are a few bytes that the socket buffer always takes.
@@ -244,20 +253,21 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	if err != nil {
 		s.Log.Error("no profile for flow", "src", c.RemoteAddr().String(), "user", ss.user, "err", err)
 		ss.sendReply(replyGeneral, netip.AddrPort{})
-		return
+		return false
 	}
 	switch req.cmd {
 	case cmdConnect:
 		if m := s.mapping.Load(); m != nil {
 			ss.serveMapped(ctx, pl, m, req)
-			return
+			return false
 		}
-		ss.serveConnect(ctx, pl, req)
+		return ss.serveConnect(ctx, pl, req, finish)
 	case cmdBind:
 		ss.serveBind(ctx, pl, req)
 	case cmdUDPAssociate:
 		ss.serveUDP(ctx, pl, req)
 	}
+	return false
 }
 
 func (ss *session) releaseReader() {
@@ -394,21 +404,22 @@ func (ss *session) boundAddr(up net.Conn) netip.AddrPort {
 	return addrPortOf(ss.c.LocalAddr())
 }
 
-func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req request) {
+func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req request, finish func()) (handedOff bool) {
 	s := ss.s
 	f := ss.newFlow(funnel.TCP, req.dest)
 	release := pl.Hold()
-	defer release()
 	up, err := pl.DialStream(ctx, f)
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
 		s.Engine.End(f, err)
-		return
+		release()
+		return false
 	}
 	if err := ss.sendReply(replySucceeded, ss.boundAddr(up)); err != nil {
 		up.Close()
 		s.Engine.End(f, fmt.Errorf("sending the reply to the client: %w", err))
-		return
+		release()
+		return false
 	}
 	if left := ss.w.leftover(); len(left) > 0 {
 		// Bytes the client sent before our reply (optimistic data).
@@ -419,14 +430,22 @@ func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req re
 		if err != nil {
 			up.Close()
 			s.Engine.End(f, err)
-			return
+			release()
+			return false
 		}
 	}
 	ss.releaseReader()
 	stop := s.watchIdle(f, ss.c, up)
-	err = funnel.Relay(ss.c, up, f.Up, f.Down)
-	stop()
-	s.Engine.End(f, err)
+	// The relay runs in goroutines of its own so that this one, whose
+	// stack grew through the handshake and the dial, ends now: an idle
+	// session then holds two 2 KiB stacks, not those plus this one's.
+	funnel.RelayAsync(ss.c, up, f.Up, f.Down, func(err error) {
+		stop()
+		s.Engine.End(f, err)
+		release()
+		finish()
+	})
+	return true
 }
 
 // watchIdle closes a flow's connections once no byte moved either way for

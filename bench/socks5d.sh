@@ -1,0 +1,475 @@
+#!/usr/bin/env bash
+# The SOCKS5 benchmarks of issue 4: `funtun socks5d profile=direct` side by
+# side with microsocks and danted (and iperf3 straight to its server), all
+# on 127.0.0.1. See bench/socks5d.md for what the figures mean.
+#
+#   1. TCP throughput: iperf3 made to use each proxy by proxychains4.
+#   2. Short connections: handshake, CONNECT, 64-byte echo, close, many
+#      times over, by bench/cmd/socksload (it speaks SOCKS5 itself, so
+#      every server faces the same client: a Go program cannot be hooked
+#      by proxychains, which replaces libc's connect).
+#   3. Idle sessions held open: the server's RSS and descriptors per session.
+#
+# Environment:
+#   BENCH_ONLY       which benchmarks, space separated (default "tput short idle")
+#   BENCH_SECONDS    length of each iperf3 run (default 5)
+#   BENCH_STREAMS    iperf3 parallel-stream counts to try (default "1")
+#   BENCH_REVERSE    1: also measure server-to-client (iperf3 -R)
+#   BENCH_ROUNDS     rounds of the throughput and short-connection runs,
+#                    interleaved; the table shows the median (default 3)
+#   BENCH_CONNS      short connections per run (default 20000)
+#   BENCH_PARALLEL   short connections at a time (default 32)
+#   BENCH_SESSIONS   idle sessions held (default 5000)
+#   BENCH_DANTED     0: leave danted out (default 1)
+#   BENCH_PORT       first of the loopback ports used (default: free ones from 27000)
+#   FUNTUN_BIN       use this binary instead of building ./cmd/funtun
+#   BENCH_CSV        also write the raw results (one line per run) to this file
+set -euo pipefail
+
+only=${BENCH_ONLY:-tput short idle}
+seconds=${BENCH_SECONDS:-5}
+streams=${BENCH_STREAMS:-1}
+reverse=${BENCH_REVERSE:-0}
+rounds=${BENCH_ROUNDS:-3}
+conns=${BENCH_CONNS:-20000}
+parallel=${BENCH_PARALLEL:-32}
+sessions=${BENCH_SESSIONS:-5000}
+with_danted=${BENCH_DANTED:-1}
+root=$(cd "$(dirname "$0")/.." && pwd)
+me=socks5d.sh
+
+die() { echo "$me: $*" >&2; exit 2; }
+for tool in iperf3 proxychains4 microsocks python3 ss go; do
+	command -v "$tool" >/dev/null || die "needs $tool"
+done
+if [[ $with_danted == 1 ]]; then
+	command -v danted >/dev/null || die "needs danted (dante-server), or BENCH_DANTED=0"
+fi
+num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4"; }
+num BENCH_SECONDS "$seconds" 1 120
+num BENCH_ROUNDS "$rounds" 1 20
+num BENCH_CONNS "$conns" 1 200000
+num BENCH_PARALLEL "$parallel" 1 1000
+num BENCH_SESSIONS "$sessions" 1 9000
+for b in $only; do
+	[[ $b == tput || $b == short || $b == idle ]] || die "BENCH_ONLY: unknown benchmark $b (tput, short, idle)"
+done
+wants() { [[ " $only " == *" $1 "* ]]; }
+
+# Each idle session costs the client, the proxy and the echo server one or
+# two descriptors each.
+if wants idle; then
+	ulimit -n 20000 2>/dev/null || die "cannot raise the open-files limit to 20000 (ulimit -n); idle sessions need it"
+fi
+
+work=$(mktemp -d /tmp/funtun-socks5d-bench.XXXXXX)
+groups=()
+cleanup() {
+	local g
+	# Every helper runs under timeout(1), which leads a process group of
+	# its own: killing the group reaches danted's forked children too.
+	for g in "${groups[@]}"; do
+		kill -TERM -- "-$g" 2>/dev/null || true
+	done
+	for g in "${groups[@]}"; do
+		wait "$g" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -n ${FUNTUN_BIN:-} ]]; then
+	funtun=$FUNTUN_BIN
+else
+	funtun=$work/funtun
+	(cd "$root" && timeout 300 go build -o "$funtun" ./cmd/funtun)
+fi
+socksload=$work/socksload
+(cd "$root" && timeout 300 go build -o "$socksload" ./bench/cmd/socksload)
+
+listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
+next_port=${BENCH_PORT:-27000}
+# free_port sets port to one nobody listens on, never the same twice (not
+# in a $(…) subshell, which would lose next_port).
+free_port() {
+	local try
+	for ((try = 0; try < 200; try++)); do
+		port=$next_port
+		next_port=$((next_port + 1))
+		listening "$port" || return 0
+	done
+	die "no free port near $next_port"
+}
+wait_listening() {
+	local i
+	for ((i = 0; i < 200; i++)); do
+		listening "$1" && return 0
+		sleep 0.05
+	done
+	echo "$me: nothing listens on port $1 after 10s" >&2
+	return 1
+}
+
+# The longest any helper may live: the whole run with slack.
+lifetime=$((rounds * 4 * ($(wc -w <<<"$streams") * (reverse + 1) * (seconds + 20) + 300) + 900))
+
+# start NAME CMD...: runs CMD under timeout(1) in its own process group;
+# sets started to the group (timeout's pid).
+start() {
+	local name=$1
+	shift
+	timeout "$lifetime" "$@" >"$work/$name.log" 2>&1 &
+	started=$!
+	groups+=("$started")
+}
+# The server itself: timeout's only child.
+child_of() {
+	local i c
+	for ((i = 0; i < 100; i++)); do
+		c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
+		c=${c%% *}
+		[[ -n $c ]] && { echo "$c"; return 0; }
+		sleep 0.02
+	done
+	echo "$me: process $1 has no child" >&2
+	return 1
+}
+stop_group() {
+	kill -TERM -- "-$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# start_server MODE PORT: sets server_group and server_pid.
+start_server() {
+	local mode=$1 port=$2
+	case $mode in
+	funtun)
+		# --quiet: the one line per flow would be most of the work in
+		# the short-connection run, and no peer logs that much.
+		start "funtun-$port" "$funtun" --quiet socks5d --listen "127.0.0.1:$port" --max-conns 20000 profile=direct
+		;;
+	microsocks)
+		start "microsocks-$port" microsocks -i 127.0.0.1 -p "$port"
+		;;
+	danted)
+		cat >"$work/danted-$port.conf" <<EOF
+logoutput: stderr
+internal: 127.0.0.1 port = $port
+external: lo
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {
+	from: 127.0.0.1/32 to: 0.0.0.0/0
+}
+socks pass {
+	from: 0.0.0.0/0 to: 0.0.0.0/0
+	command: connect
+}
+EOF
+		start "danted-$port" danted -f "$work/danted-$port.conf"
+		;;
+	esac
+	server_group=$started
+	wait_listening "$port" || { cat "$work/$mode-$port.log" >&2; exit 1; }
+	server_pid=$(child_of "$server_group")
+}
+
+# CPU ticks used by a process group: live members and the children they
+# reaped (danted forks helpers; funtun and microsocks are one process).
+group_ticks() {
+	local g=$1 f stat total=0
+	for f in /proc/[0-9]*/stat; do
+		{ stat=$(<"$f"); } 2>/dev/null || continue
+		stat=${stat##*) }
+		# After ") ": pgrp is the 3rd word; utime..cstime are 12..15.
+		read -r _ _ pgrp _ _ _ _ _ _ _ _ ut st cut cst _ <<<"$stat"
+		[[ $pgrp == "$g" ]] && total=$((total + ut + st + cut + cst))
+	done
+	echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
+proxychains_conf() { # PORT
+	cat >"$work/proxychains-$1.conf" <<EOF
+strict_chain
+quiet_mode
+tcp_read_time_out 15000
+tcp_connect_time_out 8000
+[ProxyList]
+socks5 127.0.0.1 $1
+EOF
+	echo "$work/proxychains-$1.conf"
+}
+
+results=$work/results
+: >"$results"
+modes=(funtun microsocks)
+[[ $with_danted == 1 ]] && modes+=(danted)
+echo "$me: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), peers: ${modes[*]}" >&2
+
+# --- 1. TCP throughput -----------------------------------------------------
+if wants tput; then
+	free_port
+	iperf_port=$port
+	start iperf3 iperf3 -s -B 127.0.0.1 -p "$iperf_port"
+	wait_listening "$iperf_port"
+	declare -A tput_port tput_group tput_conf
+	for mode in "${modes[@]}"; do
+		free_port
+		p=$port
+		start_server "$mode" "$p"
+		tput_port[$mode]=$p tput_group[$mode]=$server_group
+		tput_conf[$mode]=$(proxychains_conf "$p")
+	done
+	dirs=up
+	[[ $reverse == 1 ]] && dirs="up down"
+	echo "$me: throughput: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds" >&2
+	for ((r = 1; r <= rounds; r++)); do
+		order=(direct "${modes[@]}")
+		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+		for n in $streams; do
+			for d in $dirs; do
+				for mode in "${order[@]}"; do
+					flags=(-c 127.0.0.1 -p "$iperf_port" -t "$seconds" -P "$n" -J)
+					[[ $d == down ]] && flags+=(-R)
+					hook=()
+					before=0
+					if [[ $mode != direct ]]; then
+						hook=(proxychains4 -q -f "${tput_conf[$mode]}")
+						before=$(group_ticks "${tput_group[$mode]}")
+					fi
+					echo "$me: round $r: throughput $mode -P $n $d" >&2
+					if ! timeout $((seconds + 20)) "${hook[@]}" iperf3 "${flags[@]}" >"$work/run.json" 2>"$work/run.err"; then
+						echo "$me: iperf3 through $mode failed:" >&2
+						cat "$work/run.err" "$work/run.json" >&2
+						exit 1
+					fi
+					after=$before
+					if [[ $mode != direct ]]; then
+						sleep 0.3 # let danted reap its per-session children
+						after=$(group_ticks "${tput_group[$mode]}")
+					fi
+					python3 - "$work/run.json" "$mode" "$n" "$d" "$r" $((after - before)) "$hz" >>"$results" <<'EOF'
+import json, sys
+path, mode, n, d, rnd, ticks, hz = sys.argv[1:]
+end = json.load(open(path))["end"]
+gbps = end["sum_received"]["bits_per_second"] / 1e9
+gbytes = end["sum_received"]["bytes"] / 1e9
+cpu = int(ticks) / int(hz)
+print(f"tput {mode} {n} {d} {rnd} {gbps:.3f} {cpu:.2f} {gbytes:.3f}")
+EOF
+				done
+			done
+		done
+	done
+	for mode in "${modes[@]}"; do stop_group "${tput_group[$mode]}"; done
+fi
+
+# --- 2. Short connections --------------------------------------------------
+if wants short; then
+	declare -A short_port short_target short_group
+	for mode in "${modes[@]}"; do
+		# One echo server per peer: each run leaves its connections to the
+		# echo port in TIME_WAIT, and the peers must not share that.
+		start "echo-$mode" "$socksload" echo --listen 127.0.0.1:0
+		grp=$started
+		for ((i = 0; i < 100; i++)); do
+			[[ -s $work/echo-$mode.log ]] && break
+			sleep 0.05
+		done
+		short_target[$mode]=$(head -1 "$work/echo-$mode.log")
+		[[ -n ${short_target[$mode]} ]] || die "the echo server did not start"
+		free_port
+		p=$port
+		start_server "$mode" "$p"
+		short_port[$mode]=$p short_group[$mode]=$server_group
+	done
+	echo "$me: short connections: $conns per run, $parallel at a time, rounds: $rounds" >&2
+	for ((r = 1; r <= rounds; r++)); do
+		order=("${modes[@]}")
+		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+		for mode in "${order[@]}"; do
+			echo "$me: round $r: short connections $mode" >&2
+			before=$(group_ticks "${short_group[$mode]}")
+			timeout 300 "$socksload" short --proxy "127.0.0.1:${short_port[$mode]}" --target "${short_target[$mode]}" \
+				--conns "$conns" --parallel "$parallel" --payload 64 --max-time 240s >"$work/short.json" ||
+				die "socksload short against $mode failed"
+			after=$(group_ticks "${short_group[$mode]}")
+			python3 - "$work/short.json" "$mode" "$r" $((after - before)) "$hz" >>"$results" <<'EOF'
+import json, sys
+path, mode, rnd, ticks, hz = sys.argv[1:]
+j = json.load(open(path))
+for s in j.get("error_samples") or []:
+    print(f"{mode}: {s}", file=sys.stderr)
+print(f"short {mode} {rnd} {j['cps']:.1f} {j['p50_ms']:.3f} {j['p99_ms']:.3f} {j['errors']} {j['ok']} {int(ticks)/int(hz):.2f}")
+EOF
+			# Let the TIME_WAIT and the servers' close-downs of this run
+			# settle before the next peer's.
+			sleep 1
+		done
+	done
+	for mode in "${modes[@]}"; do stop_group "${short_group[$mode]}"; done
+	if [[ $with_danted == 1 ]]; then
+		# danted binds every outgoing socket to its external address before
+		# connecting, so it cannot share ports with TIME_WAIT sockets the
+		# way connect() does: it runs out of ephemeral ports and answers 3.
+		n=$(grep -c "run out of free ports" "$work/danted-${short_port[danted]}.log" || true)
+		echo "note danted_out_of_ports $n" >>"$results"
+	fi
+fi
+
+# --- 3. Idle sessions ------------------------------------------------------
+vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# fd_kinds PID: "sockets pipes other" among a process's descriptors.
+fd_kinds() {
+	local f l s=0 p=0 o=0
+	for f in /proc/"$1"/fd/*; do
+		l=$(readlink "$f" 2>/dev/null) || continue
+		case $l in
+		socket:*) s=$((s + 1)) ;;
+		pipe:*) p=$((p + 1)) ;;
+		*) o=$((o + 1)) ;;
+		esac
+	done
+	echo "$s $p $o"
+}
+threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+if wants idle; then
+	# danted spreads sessions over forked processes that share pages, so
+	# one process's RSS says little; the issue compares funtun and microsocks.
+	for mode in funtun microsocks; do
+		start "echo-idle-$mode" "$socksload" echo --listen 127.0.0.1:0
+		echo_group=$started
+		for ((i = 0; i < 100; i++)); do
+			[[ -s $work/echo-idle-$mode.log ]] && break
+			sleep 0.05
+		done
+		target=$(head -1 "$work/echo-idle-$mode.log")
+		[[ -n $target ]] || die "the echo server did not start"
+		free_port
+		p=$port
+		start_server "$mode" "$p" # a fresh process: nothing left over from earlier runs
+		sleep 1
+		rss0=$(vmrss_kib "$server_pid") fd0=$(fd_kinds "$server_pid") th0=$(threads "$server_pid")
+		echo "$me: idle sessions: $mode holds $sessions" >&2
+		rm -f "$work/ready"
+		start "idle-$mode" "$socksload" idle --proxy "127.0.0.1:$p" --target "$target" \
+			--sessions "$sessions" --ready "$work/ready" --hold 240s
+		idle_group=$started
+		idle_pid=$(child_of "$idle_group")
+		for ((i = 0; i < 1800; i++)); do
+			[[ -s $work/ready ]] && break
+			kill -0 "$idle_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		[[ -s $work/ready ]] || { cat "$work/idle-$mode.log" >&2; die "$mode: the sessions did not open within 180s"; }
+		read -r opened _ <"$work/ready"
+		# Settle: the last sessions' first bytes are still being relayed.
+		sleep 2
+		rss1=$(vmrss_kib "$server_pid") fd1=$(fd_kinds "$server_pid") th1=$(threads "$server_pid")
+		kill -USR1 "$idle_pid"
+		for ((i = 0; i < 600; i++)); do
+			kill -0 "$idle_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		wait "$idle_group" 2>/dev/null || true
+		python3 - "$work/idle-$mode.log" "$mode" "$sessions" "$opened" "$rss0" "$rss1" "$fd0" "$fd1" "$th0" "$th1" >>"$results" <<'EOF'
+import json, sys
+path, mode, sessions, opened, rss0, rss1, fd0, fd1, th0, th1 = sys.argv[1:]
+j = json.loads([l for l in open(path) if l.startswith("{")][-1])
+for s in j.get("error_samples") or []:
+    print(f"{mode}: {s}", file=sys.stderr)
+n = max(int(opened), 1)
+s0, p0, o0 = map(int, fd0.split())
+s1, p1, o1 = map(int, fd1.split())
+fds = (s1 + p1 + o1 - s0 - p0 - o0) / n
+print(f"idle {mode} {sessions} {opened} {j['alive_after_hold']} {rss0} {rss1} {(int(rss1)-int(rss0))/n:.2f} {fds:.3f} {(s1-s0)/n:.3f} {p1-p0} {o1-o0} {th0} {th1}")
+EOF
+		stop_group "$server_group"
+		stop_group "$echo_group"
+	done
+fi
+
+[[ -n ${BENCH_CSV:-} ]] && cp "$results" "$BENCH_CSV"
+
+python3 - "$results" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+def ratio(a, b):
+    return a / b if b else float("nan")
+def verdict(ok):
+    return "MET" if ok else "MISSED"
+
+tput = {}
+for _, mode, n, d, rnd, gbps, cpu, gbytes in (r for r in rows if r[0] == "tput"):
+    tput.setdefault((int(n), d), {}).setdefault(mode, []).append((float(gbps), float(cpu), float(gbytes)))
+if tput:
+    print("\n1. TCP throughput: iperf3 through proxychains4 (median of rounds)")
+    print(f"{'streams':>7} {'dir':>4} {'peer':>10} {'Gbit/s':>7} {'min':>6} {'max':>6} {'proxy CPU s/GB':>14} {'x direct':>8}")
+    for (n, d), m in sorted(tput.items()):
+        direct = med([x[0] for x in m.get("direct", [])])
+        for mode in ("direct", "funtun", "microsocks", "danted"):
+            if mode not in m:
+                continue
+            g = [x[0] for x in m[mode]]
+            per = "-" if mode == "direct" else f"{med([x[1] / x[2] for x in m[mode] if x[2] > 0]):.3f}"
+            print(f"{n:>7} {d:>4} {mode:>10} {med(g):>7.2f} {min(g):>6.2f} {max(g):>6.2f} {per:>14} {ratio(med(g), direct):>8.2f}")
+        f = med([x[0] for x in m.get("funtun", [])])
+        line = f"{'':>12} funtun/direct {ratio(f, direct):.2f} (target >= 0.85: {verdict(ratio(f, direct) >= 0.85)})"
+        for peer in ("microsocks", "danted"):
+            if peer in m:
+                line += f"  funtun/{peer} {ratio(f, med([x[0] for x in m[peer]])):.2f}"
+        print(line)
+
+short = {}
+for _, mode, rnd, cps, p50, p99, errs, ok, cpu in (r for r in rows if r[0] == "short"):
+    short.setdefault(mode, []).append((float(cps), float(p50), float(p99), int(errs), int(ok), float(cpu)))
+if short:
+    print("\n2. Short connections: handshake, CONNECT, 64-byte echo, close (median of rounds; errors summed)")
+    print(f"{'peer':>10} {'conn/s':>8} {'min':>8} {'max':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/1k conn':>14}")
+    for mode in ("funtun", "microsocks", "danted"):
+        if mode not in short:
+            continue
+        xs = short[mode]
+        cps = [x[0] for x in xs]
+        cpu_per = med([1000 * x[5] / x[4] * 1000 for x in xs if x[4]])
+        print(f"{mode:>10} {med(cps):>8.0f} {min(cps):>8.0f} {max(cps):>8.0f} {med([x[1] for x in xs]):>7.2f} {med([x[2] for x in xs]):>7.2f} {sum(x[3] for x in xs):>6} {cpu_per:>14.0f}")
+    if "funtun" in short and "microsocks" in short:
+        f = med([x[0] for x in short["funtun"]])
+        ferr = sum(x[3] for x in short["funtun"])
+        r = ratio(f, med([x[0] for x in short["microsocks"]]))
+        line = f"{'':>10} funtun/microsocks {r:.2f} (target >= 1.2 with zero errors: {verdict(r >= 1.2 and ferr == 0)})"
+        if "danted" in short:
+            line += f"  funtun/danted {ratio(f, med([x[0] for x in short['danted']])):.2f}"
+        print(line)
+    for r in rows:
+        if r[0] == "note" and r[1] == "danted_out_of_ports" and int(r[2]) > 0:
+            print(f"{'':>10} danted's errors: its log says {r[2]} times that it could not bind a source port (out of ephemeral ports):")
+            print(f"{'':>10} it binds before connect, so ports held by TIME_WAIT sockets are lost to it")
+
+idle = {r[1]: r for r in rows if r[0] == "idle"}
+if idle:
+    print("\n3. Idle sessions held open (growth from before the sessions to while they are held)")
+    print(f"{'peer':>10} {'sessions':>8} {'alive':>6} {'RSS before':>10} {'RSS after':>10} {'KiB/session':>11} {'fds/session':>11} {'sockets/s.':>10} {'pipe fds':>8} {'threads':>9}")
+    for mode in ("funtun", "microsocks"):
+        if mode not in idle:
+            continue
+        _, _, sessions, opened, alive, rss0, rss1, kib, fds, socks, pipes, other, th0, th1 = idle[mode]
+        print(f"{mode:>10} {opened:>8} {alive:>6} {rss0 + ' KiB':>10} {rss1 + ' KiB':>10} {float(kib):>11.2f} {float(fds):>11.3f} {float(socks):>10.3f} {pipes:>8} {th0 + '->' + th1:>9}")
+    if "funtun" in idle:
+        f = idle["funtun"]
+        kib, fds, socks, pipes = float(f[7]), float(f[8]), float(f[9]), int(f[10])
+        ok = f[3] == f[2] and f[4] == f[3]
+        # The relay's free list keeps at most 64 pipes (128 descriptors)
+        # whatever the number of sessions: a constant, not a per-session cost.
+        line = (f"{'':>10} funtun: RSS {kib:.2f} KiB/session (target <= 13: {verdict(kib <= 13)}), "
+                f"{socks:.2f} sockets/session + {pipes} pooled pipe fds (target: 2 per session, pool bounded: {verdict(socks <= 2 and pipes <= 128)}), "
+                f"all sessions open and alive: {'yes' if ok else 'NO'}")
+        if "microsocks" in idle and float(idle["microsocks"][7]) > 0:
+            line += f"; RSS/session vs microsocks {kib / float(idle['microsocks'][7]):.2f}"
+        print(line)
+EOF
