@@ -268,6 +268,9 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 // built into every kernel and allowed to unprivileged users, unlike cubic.
 // Sockets to other hosts keep the administrator's choice.
 func unpaceLoopback(c *net.TCPConn) {
+	if !systemPaces() {
+		return
+	}
 	ra, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok || !ra.IP.IsLoopback() {
 		return
@@ -277,9 +280,13 @@ func unpaceLoopback(c *net.TCPConn) {
 		return
 	}
 	rc.Control(func(fd uintptr) {
-		cc, err := unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-		if err == nil && strings.HasPrefix(cc, "bbr") {
-			unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
-		}
+		unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
 	})
 }
+
+// systemPaces reports whether new sockets get bbr, read once: our sockets
+// keep the system default, so a short flow need not ask each one.
+var systemPaces = sync.OnceValue(func() bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	return err == nil && strings.HasPrefix(string(b), "bbr")
+})
