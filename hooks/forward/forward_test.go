@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,13 +18,13 @@ import (
 )
 
 // startForward runs `funtun forward` and waits until it listens.
-func startForward(t *testing.T, env []string, args ...string) (addr string, logs *logBuffer, cmd *exec.Cmd) {
+func startForward(t *testing.T, env []string, args ...string) (addr string, logs *testutil.LogBuffer, cmd *exec.Cmd) {
 	t.Helper()
 	port := testutil.FreePort(t)
 	addr = "127.0.0.1:" + strconv.Itoa(port)
 	cmd = exec.Command(testutil.Funtun(t), append([]string{"forward", "--listen", addr}, args...)...)
 	cmd.Env = env
-	logs = &logBuffer{}
+	logs = &testutil.LogBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -43,24 +42,6 @@ func startForward(t *testing.T, env []string, args ...string) (addr string, logs
 		time.Sleep(300 * time.Millisecond)
 	}
 	return addr, logs, cmd
-}
-
-// logBuffer is written by the process's output copier and read by the test.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 func TestForwardCurl(t *testing.T) {

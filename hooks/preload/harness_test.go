@@ -83,28 +83,11 @@ func needBuild(t testing.TB) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testFunnel is a funnel served from the test process, with the pieces
 // the test imports; programs reach it through the library.
 type testFunnel struct {
 	sock string
-	log  *syncBuffer
+	log  *testutil.LogBuffer
 	srv  *Server
 	stop func() // returns once no request is answered any more
 }
@@ -112,7 +95,7 @@ type testFunnel struct {
 func startFunnel(t *testing.T, chain string) *testFunnel {
 	t.Helper()
 	needBuild(t)
-	logs := &syncBuffer{}
+	logs := &testutil.LogBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cat := &funnel.Catalog{Builtins: fstest.MapFS{"t.profile": {Data: []byte(chain)}}}
 	eng, err := funnel.NewEngine(cat, log)

@@ -1,7 +1,6 @@
 package socks5d
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,23 +17,6 @@ import (
 )
 
 // These tests run the funtun binary the way a user does.
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // profileDir holds the profiles the binary sees (FUNTUN_PROFILE_PATH).
 func profileDir(t *testing.T, profiles map[string]string) string {
@@ -51,11 +32,11 @@ func profileDir(t *testing.T, profiles map[string]string) string {
 
 // startFuntun runs a long-lived funtun command until the test ends; its
 // output goes to the test log when the test fails.
-func startFuntun(t *testing.T, env []string, name string, args ...string) (*exec.Cmd, *lockedBuffer) {
+func startFuntun(t *testing.T, env []string, name string, args ...string) (*exec.Cmd, *testutil.LogBuffer) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &lockedBuffer{}
+	out := &testutil.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

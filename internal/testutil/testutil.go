@@ -111,7 +111,7 @@ func WaitListen(t testing.TB, addr string) {
 func StartDaemon(t testing.TB, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	out := &syncBuffer{}
+	out := &LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group, so that daemons that fork workers (danted)
 	// are stopped whole.
@@ -129,18 +129,19 @@ func StartDaemon(t testing.TB, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-type syncBuffer struct {
+// LogBuffer collects a process's output while the test reads it.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf strings.Builder
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

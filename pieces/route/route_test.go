@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -319,7 +318,7 @@ func TestForwardProfiles(t *testing.T) {
 		listen := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
 		fwd := exec.Command(funtun, "forward", "--listen", listen, "--to", tc.to, "profile=split")
 		fwd.Env = env
-		logs := &lockedBuffer{}
+		logs := &testutil.LogBuffer{}
 		fwd.Stdout, fwd.Stderr = logs, logs
 		if err := fwd.Start(); err != nil {
 			t.Fatal(err)
@@ -356,21 +355,4 @@ func TestForwardProfiles(t *testing.T) {
 			t.Errorf("the refusal should be of kind denied and point at blocked.profile:2:1:\n%s", l)
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
