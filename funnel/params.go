@@ -24,6 +24,12 @@ func NewParams(piece string, kv ...string) *Params {
 	return p
 }
 
+// ParamsOf gives the parameters of a parsed piece, for commands that build
+// one piece outside a profile.
+func ParamsOf(spec PieceSpec) *Params {
+	return &Params{Piece: spec.Name, Pos: spec.Pos, list: spec.Params}
+}
+
 func (p *Params) find(key string) *Param {
 	var found *Param
 	for _, x := range p.list {

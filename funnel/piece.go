@@ -82,6 +82,10 @@ type PieceInfo struct {
 	Name    string
 	Summary string // one line
 	Params  string // one parameter a line: "sni=NAME  server name to send"
+	// Example is parameters that build the piece, for pieces that need
+	// some ("from=hello to=HOWDY"); `funtun pieces NAME` shows it and
+	// builds the piece from it to show its shapes.
+	Example string
 	New     Factory
 }
 

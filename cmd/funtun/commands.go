@@ -85,10 +85,21 @@ func runPieces(ctx context.Context, env *cli.Env, args []string) int {
 		return env.Errorf("pieces", "no piece named %q (run `funtun pieces` for the list)", args[0])
 	}
 	fmt.Fprintf(env.Stdout, "%s — %s\n", p.Name, p.Summary)
-	if piece, err := p.New(funnel.NewParams(p.Name), nil); err == nil {
+	params := funnel.NewParams(p.Name)
+	if p.Example != "" {
+		fmt.Fprintf(env.Stdout, "example: %s %s\n", p.Name, p.Example)
+		if specs, err := funnel.ParseChain("example", p.Name+" "+p.Example); err == nil && len(specs) == 1 {
+			params = funnel.ParamsOf(specs[0])
+		}
+	}
+	if piece, err := p.New(params, nil); err == nil {
 		var cs []string
 		for _, c := range piece.Curves() {
-			cs = append(cs, fmt.Sprintf("%s→%s", c.App, c.Net))
+			net := string(c.Net)
+			if c.Also != "" {
+				net += "+" + string(c.Also)
+			}
+			cs = append(cs, fmt.Sprintf("%s→%s", c.App, net))
 		}
 		fmt.Fprintf(env.Stdout, "shapes (app→net): %s\n", strings.Join(cs, ", "))
 		if cl, ok := piece.(funnel.Closer); ok {

@@ -16,6 +16,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "deny",
+		Example: `to=10.0.0.0/8,.internal.example reason='not from here'`,
 		Summary: "refuse flows by destination (SOCKS reply 2, EACCES); the others pass untouched",
 		Params: `to=MATCH        refuse flows whose destination matches; repeat it or give a comma list
                 MATCH is a CIDR (10.0.0.0/8, fd00::/8), an address, a domain (.example.org for

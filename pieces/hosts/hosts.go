@@ -23,6 +23,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "hosts",
+		Example: `demo.test=127.0.0.1 other.test=::1`,
 		Summary: "resolve names known only inside the funnel (NAME=IP, *.DOMAIN=IP, an /etc/hosts-style file)",
 		Params: `NAME=IP         give NAME this address, e.g. demo.test=127.0.0.1 or other.test=::1
 *.DOMAIN=IP     give every name under DOMAIN (not DOMAIN itself) this address

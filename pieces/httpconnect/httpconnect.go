@@ -23,6 +23,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "http-connect",
+		Example: `server=127.0.0.1:8888`,
 		Summary: "reach the destination through an upstream HTTP proxy (CONNECT)",
 		Params: `server=HOST:PORT  the HTTP proxy (required)
 user=NAME         user name for Basic proxy authentication

@@ -15,6 +15,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "rewrite",
+		Example: `from=hello to=HOWDY dir=down`,
 		Summary: "replace text in a stream, literally or by regular expression, per direction",
 		Params: `from=TEXT     what to replace (required); a Go regular expression with regex=true
 to=TEXT       the replacement, default empty (delete); with regex=true, $1 and ${name} insert groups, $$ a dollar

@@ -17,6 +17,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "route",
+		Example: `10.0.0.0/8=office .onion=tor default=direct`,
 		Summary: "send each flow to another profile chosen by its destination (first matching rule wins)",
 		Params: `MATCH=PROFILE    a rule: flows whose destination matches go to PROFILE; rules are tried in order
                  MATCH is a CIDR (10.0.0.0/8, fd00::/8), an address, a domain (.example.org for

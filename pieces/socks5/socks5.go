@@ -20,6 +20,7 @@ import (
 func init() {
 	funnel.Register(funnel.PieceInfo{
 		Name:    "socks5",
+		Example: `server=127.0.0.1:1080`,
 		Summary: "reach the destination through an upstream SOCKS5 server (CONNECT, UDP ASSOCIATE)",
 		Params: `server=HOST:PORT  the SOCKS5 server (required)
 user=NAME         user name for RFC 1929 authentication
