@@ -56,17 +56,30 @@ func (e *Engine) NewFlow(hook string, network Network, dest Addr) *Flow {
 // The flow is logged once at its end. The returned error is the dial error
 // (for the hook to report in its own language), or the relay's.
 func (e *Engine) ServeStream(ctx context.Context, f *Flow, pl *Pipeline, client net.Conn) error {
+	done := make(chan error, 1)
+	e.ServeStreamAsync(ctx, f, pl, client, func(err error) { done <- err })
+	return <-done
+}
+
+// ServeStreamAsync is ServeStream that returns once the relay runs, so the
+// caller's goroutine (and the stack it grew while dialing) can end: an idle
+// flow then costs its two relay goroutines and nothing else. done is called
+// once, when the flow has ended and been logged.
+func (e *Engine) ServeStreamAsync(ctx context.Context, f *Flow, pl *Pipeline, client net.Conn, done func(error)) {
 	release := pl.Hold()
-	defer release()
 	up, err := pl.DialStream(ctx, f)
 	if err != nil {
 		client.Close()
 		e.End(f, err)
-		return err
+		release()
+		done(err)
+		return
 	}
-	err = Relay(client, up, f.Up, f.Down)
-	e.End(f, err)
-	return err
+	RelayAsync(client, up, f.Up, f.Down, func(err error) {
+		e.End(f, err)
+		release()
+		done(err)
+	})
 }
 
 // ServeInbound carries an incoming stream flow: netConn came from the

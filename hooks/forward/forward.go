@@ -149,28 +149,31 @@ func (fw *Forwarder) ServeTCP(ctx context.Context, l net.Listener) error {
 			return err
 		}
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fw.serveConn(ctx, c)
-		}()
+		go fw.serveConn(ctx, c, wg.Done)
 	}
 }
 
-func (fw *Forwarder) serveConn(ctx context.Context, c net.Conn) {
+// serveConn carries one accepted connection and calls finished when its
+// flow has ended.
+func (fw *Forwarder) serveConn(ctx context.Context, c net.Conn, finished func()) {
 	// Each flow resolves the profile afresh, so a reload applies to new
 	// flows while running ones keep their pipeline.
 	pl, err := fw.Engine.Resolve(fw.Selector)
 	if err != nil {
 		fw.Log.Error("no profile for flow", "err", err)
 		c.Close()
+		finished()
 		return
 	}
 	f := fw.Engine.NewFlow("forward", funnel.TCP, fw.To)
 	f.Source = c.RemoteAddr()
 	if !fw.Inbound {
-		fw.Engine.ServeStream(ctx, f, pl, c)
+		// This goroutine ends once the relay runs; an idle flow keeps only
+		// the relay's two.
+		fw.Engine.ServeStreamAsync(ctx, f, pl, c, func(error) { finished() })
 		return
 	}
+	defer finished()
 	fw.Engine.ServeInbound(ctx, f, pl, c, func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", fw.To.String())
