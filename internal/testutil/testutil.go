@@ -4,8 +4,10 @@
 package testutil
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -68,6 +70,47 @@ func EchoServer(t testing.TB) net.Addr {
 		}
 	}()
 	return l.Addr()
+}
+
+// DualStackEcho listens on 127.0.0.1 and, where it can, on ::1 with the
+// same port, so that "localhost" works whichever address a proxy resolves
+// it to. Each client gets banner first (if any), then its bytes echoed;
+// peers reports the address each connection came from (so a test can tell
+// which proxy made the last hop).
+func DualStackEcho(t testing.TB, banner string) (port uint16, peers chan netip.Addr) {
+	t.Helper()
+	peers = make(chan netip.Addr, 16)
+	l4, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l4.Close() })
+	port = uint16(l4.Addr().(*net.TCPAddr).Port)
+	listeners := []net.Listener{l4}
+	if l6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
+		t.Cleanup(func() { l6.Close() })
+		listeners = append(listeners, l6)
+	}
+	for _, l := range listeners {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				select {
+				case peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap():
+				default:
+				}
+				go func() {
+					defer c.Close()
+					io.WriteString(c, banner)
+					io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	return port, peers
 }
 
 // UDPEchoServer echoes every datagram back to its sender.

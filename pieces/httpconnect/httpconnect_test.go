@@ -50,46 +50,6 @@ func roundTrip(t *testing.T, c net.Conn) {
 	}
 }
 
-// echoServer listens on 127.0.0.1 and, where it can, on ::1 with the same
-// port (so "localhost" works whichever way the proxy resolves it). It greets
-// each client with banner first, if any, and reports where clients came
-// from.
-func echoServer(t *testing.T, banner string) (port uint16, peers chan netip.Addr) {
-	t.Helper()
-	peers = make(chan netip.Addr, 16)
-	l4, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l4.Close() })
-	port = uint16(l4.Addr().(*net.TCPAddr).Port)
-	listeners := []net.Listener{l4}
-	if l6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
-		t.Cleanup(func() { l6.Close() })
-		listeners = append(listeners, l6)
-	}
-	for _, l := range listeners {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				select {
-				case peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap():
-				default:
-				}
-				go func() {
-					defer c.Close()
-					io.WriteString(c, banner)
-					io.Copy(c, c)
-				}()
-			}
-		}()
-	}
-	return port, peers
-}
-
 func local(port uint16) funnel.Addr { return funnel.MakeAddr("127.0.0.1", port) }
 
 // startTinyproxy runs tinyproxy in the foreground with extra config lines.
@@ -134,7 +94,7 @@ func wantKind(t *testing.T, err error, kind funnel.Kind, inMsg string) {
 
 func TestConnectTinyproxy(t *testing.T) {
 	proxy := startTinyproxy(t, "127.0.0.1")
-	port, _ := echoServer(t, "")
+	port, _ := testutil.DualStackEcho(t, "")
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "http-connect server="+proxy, dest)
 		if err != nil {
@@ -150,7 +110,7 @@ func TestConnectTinyproxy(t *testing.T) {
 func TestServerSpeaksFirst(t *testing.T) {
 	proxy := startTinyproxy(t, "127.0.0.1")
 	banner := "220 ready\r\n"
-	port, _ := echoServer(t, banner)
+	port, _ := testutil.DualStackEcho(t, banner)
 	c, err := dial(t, "http-connect server="+proxy, local(port))
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +203,7 @@ func TestRequestSendsNameAndAuth(t *testing.T) {
 
 func TestAuthTinyproxy(t *testing.T) {
 	proxy := startTinyproxy(t, "127.0.0.1", "BasicAuth alice secret")
-	port, _ := echoServer(t, "")
+	port, _ := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "http-connect server="+proxy+" user=alice pass=secret", local(port))
 	if err != nil {
@@ -261,7 +221,7 @@ func TestAuthTinyproxy(t *testing.T) {
 
 func TestErrorsTinyproxy(t *testing.T) {
 	proxy := startTinyproxy(t, "127.0.0.1", "ConnectPort 443")
-	port, _ := echoServer(t, "")
+	port, _ := testutil.DualStackEcho(t, "")
 	_, err := dial(t, "http-connect server="+proxy, local(port))
 	wantKind(t, err, funnel.KindDenied, "the proxy denied access")
 
@@ -320,7 +280,7 @@ func TestTimeout(t *testing.T) {
 func TestChainHTTPThroughSocks(t *testing.T) {
 	micro := startMicrosocks(t, "-b", "127.0.0.2")
 	proxy := startTinyproxy(t, "127.0.0.2")
-	port, peers := echoServer(t, "")
+	port, peers := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "http-connect server="+proxy, local(port))
 	if err == nil {
@@ -344,7 +304,7 @@ func TestChainHTTPThroughSocks(t *testing.T) {
 func TestChainSocksThroughHTTP(t *testing.T) {
 	micro := startMicrosocks(t, "-b", "127.0.0.3")
 	proxy := startTinyproxy(t, "127.0.0.1")
-	port, peers := echoServer(t, "")
+	port, peers := testutil.DualStackEcho(t, "")
 	c, err := dial(t, "socks5 server="+micro+" | http-connect server="+proxy, local(port))
 	if err != nil {
 		t.Fatal(err)

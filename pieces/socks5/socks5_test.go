@@ -57,44 +57,6 @@ func roundTrip(t *testing.T, c net.Conn) {
 	}
 }
 
-// echoServer listens on 127.0.0.1 and, where it can, on ::1 with the same
-// port, so that "localhost" works whichever address the upstream resolves
-// it to. It reports the address each connection came from.
-func echoServer(t *testing.T) (port uint16, peers chan netip.Addr) {
-	t.Helper()
-	peers = make(chan netip.Addr, 16)
-	l4, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l4.Close() })
-	port = uint16(l4.Addr().(*net.TCPAddr).Port)
-	listeners := []net.Listener{l4}
-	if l6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
-		t.Cleanup(func() { l6.Close() })
-		listeners = append(listeners, l6)
-	}
-	for _, l := range listeners {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				select {
-				case peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap():
-				default:
-				}
-				go func() {
-					defer c.Close()
-					io.Copy(c, c)
-				}()
-			}
-		}()
-	}
-	return port, peers
-}
-
 func local(port uint16) funnel.Addr { return funnel.MakeAddr("127.0.0.1", port) }
 
 func startMicrosocks(t *testing.T, args ...string) string {
@@ -181,7 +143,7 @@ func wantKind(t *testing.T, err error, kind funnel.Kind, inMsg string) {
 
 func TestConnectMicrosocks(t *testing.T) {
 	server := startMicrosocks(t)
-	port, _ := echoServer(t)
+	port, _ := testutil.DualStackEcho(t, "")
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "socks5 server="+server, dest)
 		if err != nil {
@@ -199,7 +161,7 @@ func TestConnectMicrosocks(t *testing.T) {
 
 func TestConnectDanted(t *testing.T) {
 	server := startDanted(t, "127.0.0.1/32", "lo")
-	port, _ := echoServer(t)
+	port, _ := testutil.DualStackEcho(t, "")
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "socks5 server="+server, dest)
 		if err != nil {
@@ -216,7 +178,7 @@ func TestConnectDanted(t *testing.T) {
 func TestChainMicrosocksThenDanted(t *testing.T) {
 	micro := startMicrosocks(t, "-b", "127.0.0.2")
 	dante := startDanted(t, "127.0.0.2/32", "lo")
-	port, peers := echoServer(t)
+	port, peers := testutil.DualStackEcho(t, "")
 
 	if c, err := dial(t, "socks5 server="+dante, local(port)); err == nil {
 		c.Close()
@@ -240,7 +202,7 @@ func TestChainMicrosocksThenDanted(t *testing.T) {
 func TestChainTwoMicrosocks(t *testing.T) {
 	inner := startMicrosocks(t, "-u", "alice", "-P", "secret")
 	outer := startMicrosocks(t, "-b", "127.0.0.3")
-	port, peers := echoServer(t)
+	port, peers := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "socks5 server="+outer+" | socks5 server="+inner+" user=alice pass=secret", local(port))
 	if err != nil {
@@ -258,7 +220,7 @@ func TestChainTwoMicrosocks(t *testing.T) {
 
 func TestAuthMicrosocks(t *testing.T) {
 	server := startMicrosocks(t, "-u", "alice", "-P", "secret")
-	port, _ := echoServer(t)
+	port, _ := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "socks5 server="+server+" user=alice pass=secret", local(port))
 	if err != nil {
