@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -49,6 +50,86 @@ static int reconnect_state(int fd, int *err)
 	}
 }
 
+/* Until when (CLOCK_MONOTONIC_COARSE, ns) the funnel's last CONNECT answer
+ * said the profile is plain `direct`; 0 = not known to be. Bounded to a
+ * second so that a reload that adds pieces takes effect within a second. */
+static _Atomic long long plain_direct_until;
+
+#define PLAIN_DIRECT_TTL_NS 1000000000LL
+
+static long long coarse_now(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+		return -1;
+	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* fast_path_ok: the connect may skip the round trip — plain direct is
+ * remembered, the address is literal (a synthetic one needs the funnel's
+ * table), and the funnel is still there (if it is gone, the normal path
+ * fails closed). */
+static int fast_path_ok(int fd, int type, const struct sockaddr *sa, socklen_t len)
+{
+	long long until = atomic_load_explicit(&plain_direct_until, memory_order_relaxed);
+	if (until == 0)
+		return 0;
+	long long now = coarse_now();
+	if (now < 0 || now >= until)
+		return 0;
+	if (ft_is_synthetic(sa, len))
+		return 0;
+	if (type == SOCK_DGRAM) {
+		/* ICMP echo sockets and the like: the funnel refuses them. */
+		int proto = 0;
+		socklen_t pl = sizeof proto;
+		if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) != 0 ||
+		    (proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE))
+			return 0;
+	} else if (type != SOCK_STREAM) {
+		return 0;
+	}
+	if (!ft_control_alive()) {
+		atomic_store_explicit(&plain_direct_until, 0, memory_order_relaxed);
+		return 0;
+	}
+	return 1;
+}
+
+static void remember_out(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct ft_fdinfo info;
+	memset(&info, 0, sizeof info);
+	info.kind = FT_KIND_OUT;
+	info.ino = ft_inode(fd);
+	info.peerlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
+	memcpy(&info.peer, sa, info.peerlen);
+	ft_fd_set(fd, &info);
+}
+
+/* connect_fast connects the socket itself, as the funnel would have for
+ * plain direct, and reports a failure for the funnel's log. */
+static int connect_fast(int fd, int type, const struct sockaddr *sa, socklen_t len)
+{
+	int r = ft_real.connect(fd, sa, len);
+	int e = errno;
+	if (r == 0 || e == EINPROGRESS) {
+		remember_out(fd, sa, len);
+	} else if (e != EINTR && e != EALREADY && e != EISCONN) {
+		/* EINTR: the kernel goes on connecting, as natively. */
+		struct ft_req req;
+		memset(&req, 0, sizeof req);
+		req.op = FT_OP_CONNECT_FAILED;
+		req.arg = type;
+		req.flags = (uint32_t)e;
+		req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
+		memcpy(req.addr, sa, req.addrlen);
+		ft_send_oneway(&req);
+	}
+	errno = e;
+	return r;
+}
+
 int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	ft_init();
@@ -71,6 +152,9 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		}
 	}
 
+	if (fast_path_ok(fd, type, sa, len))
+		return connect_fast(fd, type, sa, len);
+
 	struct ft_req req;
 	struct ft_resp resp;
 	memset(&req, 0, sizeof req);
@@ -83,14 +167,12 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = -r;
 		return -1;
 	}
-	if (resp.err == 0 || resp.err == EINPROGRESS) {
-		memset(&info, 0, sizeof info);
-		info.kind = FT_KIND_OUT;
-		info.ino = ft_inode(fd);
-		info.peerlen = req.addrlen;
-		memcpy(&info.peer, sa, req.addrlen);
-		ft_fd_set(fd, &info);
-	}
+	long long now = coarse_now();
+	atomic_store_explicit(&plain_direct_until,
+			      (resp.flags & FT_CONNECT_PLAIN_DIRECT) && now >= 0 ? now + PLAIN_DIRECT_TTL_NS : 0,
+			      memory_order_relaxed);
+	if (resp.err == 0 || resp.err == EINPROGRESS)
+		remember_out(fd, sa, req.addrlen);
 	if (resp.err != 0) {
 		errno = resp.err;
 		return -1;

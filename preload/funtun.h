@@ -48,6 +48,14 @@ FT_HIDDEN void ft_init(void);
  * answered nothing (the caller fails closed). interruptible: a signal may
  * end the wait with -EINTR (for connect, whose native form does that). */
 FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int interruptible);
+/* ft_control_alive: this thread's pooled control connection exists and
+ * the funnel has not hung up on it (a poll with timeout 0, no round trip).
+ * 0 when in doubt: the caller then takes the path that asks the funnel. */
+FT_HIDDEN int ft_control_alive(void);
+/* ft_send_oneway sends req without an fd and without waiting, on a pooled
+ * connection that is free; dropped if none is, or the socket is full. For
+ * operations the funnel does not answer. */
+FT_HIDDEN void ft_send_oneway(struct ft_req *req);
 FT_HIDDEN int ft_is_control_fd(int fd);
 FT_HIDDEN void ft_forget_control_fd(int fd);
 

@@ -20,7 +20,7 @@
 
 #include <stdint.h>
 
-#define FT_WIRE_VERSION 1
+#define FT_WIRE_VERSION 2
 #define FT_NAME_MAX 256  /* host names, NUL included */
 #define FT_ADDR_MAX 28   /* sizeof(struct sockaddr_in6) */
 
@@ -36,7 +36,10 @@ enum ft_op {
 	/* fd attached. addr = destination, arg = SOCK_STREAM or SOCK_DGRAM.
 	 * The funnel connects the fd (to the destination itself, or to its own
 	 * loopback relay when pieces act) and answers err = 0, EINPROGRESS
-	 * (non-blocking socket) or the errno connect() must fail with. */
+	 * (non-blocking socket) or the errno connect() must fail with. flags:
+	 * FT_CONNECT_PLAIN_DIRECT when the profile in force is exactly `direct`
+	 * with no parameters: for up to a second the library may then connect
+	 * literal (non-synthetic) addresses itself, with no round trip. */
 	FT_OP_CONNECT = 1,
 	/* name = host name, arg = AF_INET or AF_INET6. Answer: addr = a
 	 * synthetic sockaddr of that family (port 0) that maps to the name;
@@ -73,6 +76,15 @@ enum ft_op {
 	 * a child that exits closes its copy unseen). Answer: err = 0 when a
 	 * public address was given up, ENOENT when none was. */
 	FT_OP_UNLISTEN = 9,
+	/* One-way: no fd, and the funnel sends NO answer. A connect() the
+	 * library made itself on the plain-direct fast path failed: addr = the
+	 * destination, arg = SOCK_STREAM or SOCK_DGRAM, flags = the errno. The
+	 * funnel logs it as a failed flow. */
+	FT_OP_CONNECT_FAILED = 10,
+};
+
+enum ft_connect_flags {
+	FT_CONNECT_PLAIN_DIRECT = 1,
 };
 
 enum ft_listen_flags {
@@ -84,7 +96,7 @@ struct ft_req {
 	uint32_t version;        /* FT_WIRE_VERSION */
 	uint32_t op;             /* enum ft_op */
 	int32_t arg;             /* per op */
-	uint32_t flags;          /* reserved, 0 */
+	uint32_t flags;          /* per op, else 0 */
 	uint32_t addrlen;        /* bytes used in addr */
 	uint8_t addr[FT_ADDR_MAX];
 	char name[FT_NAME_MAX];  /* NUL-terminated */

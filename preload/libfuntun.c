@@ -20,6 +20,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -282,6 +283,56 @@ FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int inte
 		ft_real.close(cfd);
 	ctl_release(slot);
 	return 0;
+}
+
+/* pooled_fd: the slot's connection when it is open and still ours. */
+static int pooled_fd(struct ctl_slot *s)
+{
+	int cfd = atomic_load(&s->fd);
+	if (cfd < 0)
+		return -1;
+	if (ft_inode(cfd) != s->ino) {
+		int expect = cfd;
+		atomic_compare_exchange_strong(&s->fd, &expect, -1);
+		return -1;
+	}
+	return cfd;
+}
+
+FT_HIDDEN int ft_control_alive(void)
+{
+	ft_init();
+	struct ctl_slot *slot = ctl_acquire();
+	if (!slot)
+		return 0;
+	int alive = 0;
+	int cfd = pooled_fd(slot);
+	if (cfd >= 0) {
+		struct pollfd p = {.fd = cfd, .events = POLLRDHUP};
+		int r = poll(&p, 1, 0);
+		alive = r == 0 || (r == 1 && !(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)));
+		if (r == 1 && !alive)
+			ctl_drop(slot, cfd);
+	}
+	ctl_release(slot);
+	return alive;
+}
+
+FT_HIDDEN void ft_send_oneway(struct ft_req *req)
+{
+	ft_init();
+	req->version = FT_WIRE_VERSION;
+	struct ctl_slot *slot = ctl_acquire();
+	if (!slot)
+		return;
+	int cfd = pooled_fd(slot);
+	if (cfd >= 0) {
+		int e = errno;
+		/* A report never blocks the program: lost when the socket is full. */
+		ft_real.sendto(cfd, req, sizeof *req, MSG_DONTWAIT | MSG_NOSIGNAL, NULL, 0);
+		errno = e;
+	}
+	ctl_release(slot);
 }
 
 /* ---- descriptor table -------------------------------------------------- */

@@ -25,8 +25,50 @@ const relayAcceptWait = 30 * time.Second
 
 // connect answers CONNECT: the program's socket fd is to reach the
 // destination in req through the profile. The result is what connect()
-// returns in the program: 0, EINPROGRESS, or the errno of the failure.
-func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) unix.Errno {
+// returns in the program: 0, EINPROGRESS, or the errno of the failure;
+// plain says the profile is plain direct, so the library may connect
+// literal addresses itself for a while (see isPlainDirect).
+func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) (errno unix.Errno, plain bool) {
+	errno, pl := s.connectVia(ctx, p, req, fd)
+	return errno, pl != nil && isPlainDirect(pl)
+}
+
+// isPlainDirect: the pipeline is `direct` alone, without parameters. Such a
+// flow ends in connect(2) on the program's socket, to exactly the address
+// it asked for, which the library can do without asking us. Any parameter
+// (source=, timeout=…) or any other piece keeps every connect here.
+func isPlainDirect(pl *funnel.Pipeline) bool {
+	return len(pl.Specs) == 1 && pl.Specs[0].Name == "direct" && len(pl.Specs[0].Params) == 0
+}
+
+// connectFailed logs a connect the library made itself on the plain-direct
+// fast path and that failed: the flow the funnel would have logged.
+func (s *Server) connectFailed(p *peer, req request) {
+	ap, _, ok := parseSockaddr(req.Addr)
+	if !ok {
+		return
+	}
+	network := funnel.TCP
+	if req.Arg == unix.SOCK_DGRAM {
+		network = funnel.UDP
+	}
+	dest, err := s.destination(ap)
+	if err != nil {
+		return
+	}
+	f := s.newFlow(p, network, dest)
+	if pl, err := s.Engine.Resolve(s.Selector); err == nil {
+		f.Profile = pl.Name
+	}
+	errno := unix.Errno(req.Flags)
+	if errno == 0 {
+		errno = unix.EIO
+	}
+	s.Log.Debug("preload: the library reports a failed fast-path connect", "pid", p.pid, "dst", dest.String())
+	s.Engine.End(f, errno)
+}
+
+func (s *Server) connectVia(ctx context.Context, p *peer, req request, fd int) (unix.Errno, *funnel.Pipeline) {
 	// Our copy of the program's socket goes once it is connected; the
 	// program keeps its own.
 	defer unix.Close(fd)
@@ -35,23 +77,23 @@ func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) unix
 	sotype := int(req.Arg)
 	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
-		return errnoOf(err)
+		return errnoOf(err), nil
 	}
 	proto := 0
 	if sotype == unix.SOCK_DGRAM {
 		if proto, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
-			return errnoOf(err)
+			return errnoOf(err), nil
 		}
 	}
 	ap, scope, ok := parseSockaddr(req.Addr)
 	if !ok {
-		return unix.EINVAL
+		return unix.EINVAL, nil
 	}
 	if family != unix.AF_INET && family != unix.AF_INET6 {
-		return unix.EAFNOSUPPORT
+		return unix.EAFNOSUPPORT, nil
 	}
 	if family == unix.AF_INET && !ap.Addr().Unmap().Is4() {
-		return unix.EAFNOSUPPORT // what the kernel says to an IPv6 address on an IPv4 socket
+		return unix.EAFNOSUPPORT, nil // what the kernel says to an IPv6 address on an IPv4 socket
 	}
 	var network funnel.Network
 	switch {
@@ -63,25 +105,25 @@ func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) unix
 		// ICMP, SCTP, raw: nothing in the funnel carries them, and letting
 		// them past would leak around the profile.
 		s.Log.Warn("preload: refused a connect the funnel cannot carry", "pid", p.pid, "type", sotype, "protocol", proto, "dst", ap.String())
-		return unix.EACCES
+		return unix.EACCES, nil
 	}
 	dest, err := s.destination(ap)
 	if err != nil {
-		return errnoOf(err)
+		return errnoOf(err), nil
 	}
 	pl, err := s.Engine.Resolve(s.Selector)
 	if err != nil {
 		s.Log.Error("preload: no profile", "err", err)
-		return unix.ECONNREFUSED
+		return unix.ECONNREFUSED, nil
 	}
 	f := s.newFlow(p, network, dest)
 	// The address the program asked for, kept with its IPv6 scope, in case
 	// the profile sends the flow exactly there.
 	asked := handoffTarget{ap: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), scope: scope}
 	if network == funnel.UDP {
-		return s.connectDgram(ctx, f, pl, fd, family, asked)
+		return s.connectDgram(ctx, f, pl, fd, family, asked), pl
 	}
-	return s.connectStream(ctx, f, pl, fd, family, asked)
+	return s.connectStream(ctx, f, pl, fd, family, asked), pl
 }
 
 type handoffTarget struct {

@@ -355,7 +355,9 @@ print(errno.errorcode.get(e, e) if e else "connected")
 }
 
 // TestFunnelGoneMidway: a program that outlives its funnel keeps failing
-// closed on the connection it already had open to the control socket.
+// closed on the connection it already had open to the control socket —
+// also on the plain-direct fast path, which the second connect, well
+// within a second of the first, would take if the funnel were still there.
 func TestFunnelGoneMidway(t *testing.T) {
 	echo := echoWithLog(t)
 	ft := startFunnel(t, "direct")
@@ -541,4 +543,71 @@ print(s.recv(100).decode().strip(), s.getpeername()[0])
 			}
 		})
 	}
+}
+
+// TestPlainDirectFastPath: under plain `direct` the library connects
+// literal addresses itself once the funnel has said so, so most of many
+// connections make no round trip; a profile with any parameter or piece
+// keeps every connect in the funnel. A refused fast-path connect is still
+// reported and logged as a failed flow.
+func TestPlainDirectFastPath(t *testing.T) {
+	echo := echoWithLog(t)
+	const conns = 200
+	for _, tc := range []struct {
+		chain string
+		fast  bool
+	}{
+		{"direct", true},
+		{"direct timeout=5s", false},
+		{"hosts demo.test=127.0.0.1", false},
+	} {
+		t.Run(tc.chain, func(t *testing.T) {
+			ft := startFunnel(t, tc.chain)
+			out, stderr, err := run(t, ft.hooked(ctxFor(t, 60*time.Second), built.client, "echo", "127.0.0.1", strconv.Itoa(echo.port()), strconv.Itoa(conns)), "")
+			if err != nil || !strings.HasPrefix(out, "ok "+strconv.Itoa(conns)+" ") {
+				t.Fatalf("ftclient: %v\n%s%s", err, out, stderr)
+			}
+			n := ft.srv.connectRequests.Load()
+			if tc.fast && (n < 1 || n >= conns) {
+				// Every round trip renews the memory for a second: all
+				// 200 would need a second each to ask every time.
+				t.Fatalf("%d CONNECT requests for %d connections: the fast path was not taken", n, conns)
+			}
+			if !tc.fast && n != conns {
+				t.Fatalf("%d CONNECT requests for %d connections, want one each", n, conns)
+			}
+		})
+	}
+
+	t.Run("refused-is-logged", func(t *testing.T) {
+		py := python(t)
+		closed := testutil.FreePort(t)
+		ft := startFunnel(t, "direct")
+		script := `
+import socket, sys, errno
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.close()
+s = socket.socket()
+print(errno.errorcode.get(s.connect_ex(("127.0.0.1", int(sys.argv[2]))), "connected"))
+`
+		out, stderr, err := run(t, ft.hooked(ctxFor(t, 30*time.Second), py, "-c", script, strconv.Itoa(echo.port()), strconv.Itoa(closed)), "")
+		if err != nil || strings.TrimSpace(out) != "ECONNREFUSED" {
+			t.Fatalf("python: %v\n%s%s", err, out, stderr)
+		}
+		if n := ft.srv.connectRequests.Load(); n != 1 {
+			t.Fatalf("%d CONNECT requests, want 1 (the second connect on the fast path)", n)
+		}
+		// The report is one-way: wait for the funnel to have read it.
+		want := "127.0.0.1:" + strconv.Itoa(closed)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			logs := ft.log.String()
+			if strings.Contains(logs, "failed fast-path connect") && strings.Contains(logs, "flow failed") && strings.Contains(logs, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no failed flow to %s logged:\n%s", want, logs)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/funtun/funtun/funnel"
 	"golang.org/x/sys/unix"
@@ -45,6 +46,10 @@ type Server struct {
 
 	connsMu sync.Mutex
 	conns   map[*net.UnixConn]bool
+
+	// connectRequests counts CONNECT round trips: the plain-direct fast
+	// path in the library shows as connections that never add to it.
+	connectRequests atomic.Int64
 }
 
 // NewServer makes a server whose flows go through the profile sel names.
@@ -219,6 +224,17 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		}
 		var resp response
 		req, ok := decodeRequest(buf[:n])
+		if ok && req.Op == opConnectFailed {
+			// One-way: the library does not wait for an answer, and one
+			// written now would be read as the answer to its next request.
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+			if req.Version == wireVersion {
+				s.connectFailed(p, req)
+			}
+			continue
+		}
 		switch {
 		case !ok || flags&unix.MSG_TRUNC != 0:
 			resp.setErr(int32(unix.EPROTO))
@@ -272,7 +288,12 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 	}
 	switch req.Op {
 	case opConnect:
-		resp.setErr(int32(s.connect(ctx, p, req, fd)))
+		s.connectRequests.Add(1)
+		errno, plain := s.connect(ctx, p, req, fd)
+		resp.setErr(int32(errno))
+		if plain {
+			resp.setFlags(connectPlainDirect)
+		}
 	case opResolve:
 		s.resolve(req, resp)
 	case opReverse:

@@ -14,7 +14,7 @@ import (
 // when the operation acts on it) and waits for one response. Integers are
 // in host byte order; addresses are raw sockaddr_in / sockaddr_in6 bytes.
 const (
-	wireVersion = 1
+	wireVersion = 2
 	nameMax     = 256
 	addrMax     = 28
 
@@ -48,6 +48,13 @@ const (
 	opAccepted = 6
 	opUDPAssoc = 7
 	opUnlisten = 9
+	// One-way: the library expects no answer (see funtun_wire.h).
+	opConnectFailed = 10
+)
+
+// Response flags of CONNECT.
+const (
+	connectPlainDirect = 1
 )
 
 const (
