@@ -1,9 +1,7 @@
 package deny_test
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -39,22 +37,6 @@ func dial(t *testing.T, pl *funnel.Pipeline, host string, port int) (net.Conn, e
 	return pl.DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr(host, uint16(port))))
 }
 
-func echoOnce(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := []byte("allowed\n")
-	if _, err := c.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo gave %q, want %q", got, msg)
-	}
-}
-
 func wantDenied(t *testing.T, err error, reason string) {
 	t.Helper()
 	if err == nil {
@@ -85,7 +67,7 @@ func TestDeniesByPortPassesTheRest(t *testing.T) {
 	if _, ok := c.(*net.TCPConn); !ok {
 		t.Errorf("deny handed back a %T, want the *net.TCPConn direct made (splice fast path)", c)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "allowed\n")
 
 	_, err = dial(t, pl, "127.0.0.1", closed.(*net.TCPAddr).Port)
 	wantDenied(t, err, "denied by profile p: tcp 127.0.0.1:"+tcpPort(closed)+": no such service here (deny at p.profile:1:1)")
@@ -111,7 +93,7 @@ func TestRepeatedAndListedRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "allowed\n")
 	c.Close()
 }
 
@@ -126,7 +108,7 @@ func TestAllWithExcept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "allowed\n")
 	c.Close()
 	_, err = dial(t, pl, "127.0.0.1", 9)
 	wantDenied(t, err, "all flows are refused")

@@ -13,19 +13,9 @@ import (
 	_ "github.com/funtun/funtun/pieces/direct"
 )
 
-func pipeline(t *testing.T, chain string) *funnel.Pipeline {
-	t.Helper()
-	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "p.profile", Text: chain}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := set.Profile("p")
-	return pl
-}
-
 func TestDirectStreamIsKernelSocket(t *testing.T) {
 	echo := testutil.EchoServer(t)
-	pl := pipeline(t, "direct source=127.0.0.1 timeout=2s")
+	pl := testutil.Pipeline(t, "direct source=127.0.0.1 timeout=2s")
 	c, err := pl.DialStream(context.Background(), funnel.NewFlow("t", funnel.TCP, funnel.AddrFromNet(echo)))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +33,7 @@ func TestDirectStreamIsKernelSocket(t *testing.T) {
 }
 
 func TestDirectErrors(t *testing.T) {
-	pl := pipeline(t, "direct")
+	pl := testutil.Pipeline(t, "direct")
 	dead := testutil.FreePort(t)
 	_, err := pl.DialStream(context.Background(), funnel.NewFlow("t", funnel.TCP, funnel.MakeAddr("127.0.0.1", uint16(dead))))
 	if k := funnel.Classify(err); k != funnel.KindRefused {
@@ -66,7 +56,7 @@ func TestDirectErrors(t *testing.T) {
 
 func TestDirectUDP(t *testing.T) {
 	echo := testutil.UDPEchoServer(t)
-	pl := pipeline(t, "direct")
+	pl := testutil.Pipeline(t, "direct")
 	dc, err := pl.DialDgram(context.Background(), funnel.NewFlow("t", funnel.UDP, funnel.AddrFromNet(echo)))
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +79,7 @@ func TestDirectUDP(t *testing.T) {
 }
 
 func TestDirectHandoffResolves(t *testing.T) {
-	pl := pipeline(t, "direct")
+	pl := testutil.Pipeline(t, "direct")
 	f := funnel.NewFlow("t", funnel.TCP, funnel.MakeAddr("localhost", 8080))
 	f.Handoff = true
 	c, err := pl.DialStream(context.Background(), f)

@@ -70,22 +70,6 @@ func dial(t *testing.T, pl *funnel.Pipeline, host string, port int) (net.Conn, e
 	return pl.DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr(host, uint16(port))))
 }
 
-func echoOnce(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := []byte("hello demo.test\n")
-	if _, err := c.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo gave %q, want %q", got, msg)
-	}
-}
-
 func probeSaw(t *testing.T, pl *funnel.Pipeline, host string, want string) {
 	t.Helper()
 	_, err := dial(t, pl, host, 80)
@@ -154,7 +138,7 @@ func TestReachesEchoServerByName(t *testing.T) {
 	if got := c.RemoteAddr().String(); got != echo.String() {
 		t.Errorf("connected to %s, want %s", got, echo)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "hello demo.test\n")
 }
 
 func TestReachesIPv6EchoServerByName(t *testing.T) {
@@ -177,7 +161,7 @@ func TestReachesIPv6EchoServerByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "hello demo.test\n")
 }
 
 func TestDatagramsByName(t *testing.T) {
@@ -227,13 +211,13 @@ func TestStrict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "hello demo.test\n")
 	c.Close()
 	c, err = dial(t, pl, "demo.test", port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "hello demo.test\n")
 	c.Close()
 }
 

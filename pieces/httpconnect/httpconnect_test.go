@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,30 +65,6 @@ func startTinyproxy(t *testing.T, allow string, extra ...string) string {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	testutil.WaitListen(t, addr)
 	return addr
-}
-
-func startMicrosocks(t *testing.T, args ...string) string {
-	t.Helper()
-	bin := testutil.NeedTool(t, "microsocks")
-	port := testutil.FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	testutil.StartDaemon(t, bin, append([]string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)...)
-	testutil.WaitListen(t, addr)
-	return addr
-}
-
-func wantKind(t *testing.T, err error, kind funnel.Kind, inMsg string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want %s", kind)
-	}
-	t.Logf("error as expected: %v", err)
-	if got := funnel.Classify(err); got != kind {
-		t.Fatalf("error %q is %s, want %s", err, got, kind)
-	}
-	if !strings.Contains(err.Error(), inMsg) {
-		t.Fatalf("error %q does not say %q", err, inMsg)
-	}
 }
 
 func TestConnectTinyproxy(t *testing.T) {
@@ -213,28 +188,28 @@ func TestAuthTinyproxy(t *testing.T) {
 	c.Close()
 
 	_, err = dial(t, "http-connect server="+proxy+" user=alice pass=wrong", local(port))
-	wantKind(t, err, funnel.KindDenied, `authentication failed for user "alice"`)
+	testutil.WantKind(t, err, funnel.KindDenied, `authentication failed for user "alice"`)
 
 	_, err = dial(t, "http-connect server="+proxy, local(port))
-	wantKind(t, err, funnel.KindDenied, "requires authentication")
+	testutil.WantKind(t, err, funnel.KindDenied, "requires authentication")
 }
 
 func TestErrorsTinyproxy(t *testing.T) {
 	proxy := startTinyproxy(t, "127.0.0.1", "ConnectPort 443")
 	port, _ := testutil.DualStackEcho(t, "")
 	_, err := dial(t, "http-connect server="+proxy, local(port))
-	wantKind(t, err, funnel.KindDenied, "the proxy denied access")
+	testutil.WantKind(t, err, funnel.KindDenied, "the proxy denied access")
 
 	open := startTinyproxy(t, "127.0.0.1")
 	closed := uint16(testutil.FreePort(t))
 	_, err = dial(t, "http-connect server="+open, local(closed))
 	// tinyproxy says 500 for any failed connect, so the kind stays general;
 	// its reason reaches the user.
-	wantKind(t, err, funnel.KindGeneral, "Unable to connect")
+	testutil.WantKind(t, err, funnel.KindGeneral, "Unable to connect")
 
 	gone := testutil.FreePort(t)
 	_, err = dial(t, fmt.Sprintf("http-connect server=127.0.0.1:%d", gone), local(port))
-	wantKind(t, err, funnel.KindRefused, "reaching HTTP proxy")
+	testutil.WantKind(t, err, funnel.KindRefused, "reaching HTTP proxy")
 }
 
 func TestStatusKinds(t *testing.T) {
@@ -271,14 +246,14 @@ func TestTimeout(t *testing.T) {
 		}
 	}()
 	_, err = dial(t, "http-connect timeout=100ms server="+l.Addr().String(), local(443))
-	wantKind(t, err, funnel.KindTimeout, "no answer to CONNECT 127.0.0.1:443 within timeout=100ms")
+	testutil.WantKind(t, err, funnel.KindTimeout, "no answer to CONNECT 127.0.0.1:443 within timeout=100ms")
 }
 
 // `http-connect | socks5`: first reach microsocks, through it tinyproxy,
 // through that the destination. tinyproxy admits only 127.0.0.2, where
 // microsocks connects from, so only the whole chain gets through.
 func TestChainHTTPThroughSocks(t *testing.T) {
-	micro := startMicrosocks(t, "-b", "127.0.0.2")
+	micro := testutil.StartMicrosocks(t, "-b", "127.0.0.2")
 	proxy := startTinyproxy(t, "127.0.0.2")
 	port, peers := testutil.DualStackEcho(t, "")
 
@@ -302,7 +277,7 @@ func TestChainHTTPThroughSocks(t *testing.T) {
 // `socks5 | http-connect`: through tinyproxy to microsocks, through that to
 // the destination, which sees microsocks' bind address.
 func TestChainSocksThroughHTTP(t *testing.T) {
-	micro := startMicrosocks(t, "-b", "127.0.0.3")
+	micro := testutil.StartMicrosocks(t, "-b", "127.0.0.3")
 	proxy := startTinyproxy(t, "127.0.0.1")
 	port, peers := testutil.DualStackEcho(t, "")
 	c, err := dial(t, "socks5 server="+micro+" | http-connect server="+proxy, local(port))

@@ -18,16 +18,6 @@ import (
 	_ "github.com/funtun/funtun/pieces/rewrite"
 )
 
-func pipeline(t *testing.T, chain string) *funnel.Pipeline {
-	t.Helper()
-	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := set.Profile("p")
-	return pl
-}
-
 func dest(t *testing.T, a net.Addr) funnel.Addr {
 	t.Helper()
 	return funnel.AddrFromNet(a)
@@ -39,7 +29,7 @@ func dest(t *testing.T, a net.Addr) funnel.Addr {
 // held at the half-close both arrive.
 func TestEchoBothDirections(t *testing.T) {
 	echo := testutil.EchoServer(t)
-	pl := pipeline(t, `rewrite from=cat to=dog dir=up | rewrite from=dog to=bird dir=down`)
+	pl := testutil.Pipeline(t, `rewrite from=cat to=dog dir=up | rewrite from=dog to=bird dir=down`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := pl.DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest(t, echo)))
@@ -70,7 +60,7 @@ func TestEchoBothDirections(t *testing.T) {
 // so a request/response exchange does not stall.
 func TestEchoInteractive(t *testing.T) {
 	echo := testutil.EchoServer(t)
-	pl := pipeline(t, `rewrite from='password: [^\n]*' to='password: ***' regex=true`)
+	pl := testutil.Pipeline(t, `rewrite from='password: [^\n]*' to='password: ***' regex=true`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := pl.DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest(t, echo)))
@@ -183,7 +173,7 @@ func curl(t *testing.T, args ...string) string {
 // down.
 func TestCurlResponseRewritten(t *testing.T) {
 	origin := httpOrigin(t)
-	pl := pipeline(t, `rewrite dir=up from='GET /old' to='GET /brand-new' | rewrite dir=down regex=true from='(o)rigin' to='${1}RIGIN'`)
+	pl := testutil.Pipeline(t, `rewrite dir=up from='GET /old' to='GET /brand-new' | rewrite dir=down regex=true from='(o)rigin' to='${1}RIGIN'`)
 	addr := forward(t, pl, origin, false)
 	got := curl(t, "http://"+addr+"/old")
 	if want := "Hello from the oRIGIN server, path /brand-new\n"; got != want {
@@ -195,7 +185,7 @@ func TestCurlResponseRewritten(t *testing.T) {
 // so its response travels up: dir=up rewrites what the client receives.
 func TestCurlInbound(t *testing.T) {
 	origin := httpOrigin(t)
-	pl := pipeline(t, `rewrite dir=up from=origin to=ORIGIN`)
+	pl := testutil.Pipeline(t, `rewrite dir=up from=origin to=ORIGIN`)
 	addr := forward(t, pl, origin, true)
 	got := curl(t, "http://"+addr+"/in")
 	if want := "Hello from the ORIGIN server, path /in\n"; got != want {

@@ -63,35 +63,6 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-// echoOnce sends a line through a stream and expects it back.
-func echoOnce(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	msg := []byte("through the funnel\n")
-	if _, err := c.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := ioReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo gave %q, want %q", got, msg)
-	}
-}
-
-func ioReadFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
 // echoDgram sends one datagram through a datagram flow and expects it back.
 func echoDgram(t *testing.T, dc funnel.DgramConn) {
 	t.Helper()
@@ -140,7 +111,7 @@ func TestRoutesByPortTCPAndUDP(t *testing.T) {
 	if _, ok := c.(*net.TCPConn); !ok {
 		t.Errorf("route handed back a %T, want the *net.TCPConn direct made (splice fast path)", c)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "through the funnel\n")
 
 	_, err = pl.DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("127.0.0.1", port(closed))))
 	wantKind(t, err, funnel.KindDenied)
@@ -175,7 +146,7 @@ func TestFirstRuleWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "through the funnel\n")
 	c.Close()
 
 	_, err = profile("closed-first").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, dest))
@@ -185,7 +156,7 @@ func TestFirstRuleWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoOnce(t, c)
+	testutil.EchoOnce(t, c, "through the funnel\n")
 	c.Close()
 	_, err = profile("by-version").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.MakeAddr("::1", port(echo))))
 	wantKind(t, err, funnel.KindDenied)
@@ -213,7 +184,7 @@ func TestRouteWithHosts(t *testing.T) {
 		if _, ok := c.(*net.TCPConn); !ok {
 			t.Errorf("profile %s handed back a %T, want *net.TCPConn", name, c)
 		}
-		echoOnce(t, c)
+		testutil.EchoOnce(t, c, "through the funnel\n")
 		c.Close()
 
 		dc, err := profile(name).DialDgram(ctx(t), funnel.NewFlow("test", funnel.UDP, funnel.MakeAddr("demo.test", port(uecho))))

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,21 +22,11 @@ import (
 	_ "github.com/funtun/funtun/pieces/socks5"
 )
 
-func pipeline(t *testing.T, chain string) *funnel.Pipeline {
-	t.Helper()
-	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
-	if err != nil {
-		t.Fatalf("compile %q: %v", chain, err)
-	}
-	pl, _ := set.Profile("p")
-	return pl
-}
-
 func dial(t *testing.T, chain string, dest funnel.Addr) (net.Conn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return pipeline(t, chain).DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest))
+	return testutil.Pipeline(t, chain).DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest))
 }
 
 // roundTrip sends a line and expects it echoed.
@@ -58,16 +47,6 @@ func roundTrip(t *testing.T, c net.Conn) {
 }
 
 func local(port uint16) funnel.Addr { return funnel.MakeAddr("127.0.0.1", port) }
-
-func startMicrosocks(t *testing.T, args ...string) string {
-	t.Helper()
-	bin := testutil.NeedTool(t, "microsocks")
-	port := testutil.FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	testutil.StartDaemon(t, bin, append([]string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)...)
-	testutil.WaitListen(t, addr)
-	return addr
-}
 
 // startDanted runs dante's server in the foreground, accepting clients from
 // clientNet only and reaching out from external (an interface or address). danted forks helper processes that outlive a killed
@@ -127,22 +106,8 @@ socks pass {
 	return addr
 }
 
-func wantKind(t *testing.T, err error, kind funnel.Kind, inMsg string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want %s", kind)
-	}
-	t.Logf("error as expected: %v", err)
-	if got := funnel.Classify(err); got != kind {
-		t.Fatalf("error %q is %s, want %s", err, got, kind)
-	}
-	if !strings.Contains(err.Error(), inMsg) {
-		t.Fatalf("error %q does not say %q", err, inMsg)
-	}
-}
-
 func TestConnectMicrosocks(t *testing.T) {
-	server := startMicrosocks(t)
+	server := testutil.StartMicrosocks(t)
 	port, _ := testutil.DualStackEcho(t, "")
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "socks5 server="+server, dest)
@@ -176,7 +141,7 @@ func TestConnectDanted(t *testing.T) {
 // clients from 127.0.0.2, where microsocks connects from, so the flow can
 // only succeed by going through microsocks first.
 func TestChainMicrosocksThenDanted(t *testing.T) {
-	micro := startMicrosocks(t, "-b", "127.0.0.2")
+	micro := testutil.StartMicrosocks(t, "-b", "127.0.0.2")
 	dante := startDanted(t, "127.0.0.2/32", "lo")
 	port, peers := testutil.DualStackEcho(t, "")
 
@@ -200,8 +165,8 @@ func TestChainMicrosocksThenDanted(t *testing.T) {
 // server from 127.0.0.3; the inner one wants a password, and a wrong one
 // breaks the chain, which shows the flow really passes it.
 func TestChainTwoMicrosocks(t *testing.T) {
-	inner := startMicrosocks(t, "-u", "alice", "-P", "secret")
-	outer := startMicrosocks(t, "-b", "127.0.0.3")
+	inner := testutil.StartMicrosocks(t, "-u", "alice", "-P", "secret")
+	outer := testutil.StartMicrosocks(t, "-b", "127.0.0.3")
 	port, peers := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "socks5 server="+outer+" | socks5 server="+inner+" user=alice pass=secret", local(port))
@@ -215,11 +180,11 @@ func TestChainTwoMicrosocks(t *testing.T) {
 	}
 
 	_, err = dial(t, "socks5 server="+outer+" | socks5 server="+inner+" user=alice pass=wrong", local(port))
-	wantKind(t, err, funnel.KindDenied, "authentication failed")
+	testutil.WantKind(t, err, funnel.KindDenied, "authentication failed")
 }
 
 func TestAuthMicrosocks(t *testing.T) {
-	server := startMicrosocks(t, "-u", "alice", "-P", "secret")
+	server := testutil.StartMicrosocks(t, "-u", "alice", "-P", "secret")
 	port, _ := testutil.DualStackEcho(t, "")
 
 	c, err := dial(t, "socks5 server="+server+" user=alice pass=secret", local(port))
@@ -230,16 +195,16 @@ func TestAuthMicrosocks(t *testing.T) {
 	c.Close()
 
 	_, err = dial(t, "socks5 server="+server+" user=alice pass=wrong", local(port))
-	wantKind(t, err, funnel.KindDenied, `authentication failed for user "alice"`)
+	testutil.WantKind(t, err, funnel.KindDenied, `authentication failed for user "alice"`)
 
 	_, err = dial(t, "socks5 server="+server, local(port))
-	wantKind(t, err, funnel.KindDenied, "requires authentication")
+	testutil.WantKind(t, err, funnel.KindDenied, "requires authentication")
 }
 
 func TestRefused(t *testing.T) {
 	closed := uint16(testutil.FreePort(t))
 	for name, server := range map[string]string{
-		"microsocks": startMicrosocks(t),
+		"microsocks": testutil.StartMicrosocks(t),
 		"danted":     startDanted(t, "127.0.0.1/32", "lo"),
 	} {
 		_, err := dial(t, "socks5 server="+server, local(closed))
@@ -253,7 +218,7 @@ func TestRefused(t *testing.T) {
 func TestServerNotThere(t *testing.T) {
 	closed := testutil.FreePort(t)
 	_, err := dial(t, fmt.Sprintf("socks5 server=127.0.0.1:%d", closed), local(80))
-	wantKind(t, err, funnel.KindRefused, "reaching socks5 server")
+	testutil.WantKind(t, err, funnel.KindRefused, "reaching socks5 server")
 }
 
 // A server that accepts and never answers: the handshake times out.
@@ -271,7 +236,7 @@ func TestHandshakeTimeout(t *testing.T) {
 		}
 	}()
 	_, err = dial(t, "socks5 timeout=100ms server="+l.Addr().String(), local(80))
-	wantKind(t, err, funnel.KindTimeout, "no answer to the handshake within timeout=100ms")
+	testutil.WantKind(t, err, funnel.KindTimeout, "no answer to the handshake within timeout=100ms")
 }
 
 func udpEcho(t *testing.T) uint16 {
@@ -321,7 +286,7 @@ func dgramRoundTrips(t *testing.T, dc funnel.DgramConn, from netip.AddrPort) {
 func TestUDPAssociateDanted(t *testing.T) {
 	server := startDanted(t, "127.0.0.1/32", "lo")
 	port := udpEcho(t)
-	pl := pipeline(t, "socks5 server="+server)
+	pl := testutil.Pipeline(t, "socks5 server="+server)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -341,11 +306,11 @@ func TestUDPAssociateDanted(t *testing.T) {
 }
 
 func TestUDPAssociateMicrosocksUnsupported(t *testing.T) {
-	server := startMicrosocks(t)
+	server := testutil.StartMicrosocks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := pipeline(t, "socks5 server="+server).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(53)))
-	wantKind(t, err, funnel.KindNotSupported, "command not supported")
+	_, err := testutil.Pipeline(t, "socks5 server="+server).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(53)))
+	testutil.WantKind(t, err, funnel.KindNotSupported, "command not supported")
 }
 
 func TestParams(t *testing.T) {
@@ -381,11 +346,11 @@ func TestUDPAssociateChainTwoDanted(t *testing.T) {
 	port := udpEcho(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if dc, err := pipeline(t, "socks5 server="+outer).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port))); err == nil {
+	if dc, err := testutil.Pipeline(t, "socks5 server="+outer).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port))); err == nil {
 		dc.Close()
 		t.Fatal("the outer danted accepted us directly; the chain test would prove nothing")
 	}
-	dc, err := pipeline(t, "socks5 server="+outer+" | socks5 server="+inner).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port)))
+	dc, err := testutil.Pipeline(t, "socks5 server="+outer+" | socks5 server="+inner).DialDgram(ctx, funnel.NewFlow("test", funnel.UDP, local(port)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,25 +123,6 @@ func writeKey(t *testing.T, dir, name string, key *ecdsa.PrivateKey) string {
 	return writePEM(t, dir, name, "PRIVATE KEY", der)
 }
 
-func compile(t *testing.T, chain string) (*funnel.Pipeline, error) {
-	t.Helper()
-	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
-	if err != nil {
-		return nil, err
-	}
-	pl, _ := set.Profile("p")
-	return pl, nil
-}
-
-func pipeline(t *testing.T, chain string) *funnel.Pipeline {
-	t.Helper()
-	pl, err := compile(t, chain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pl
-}
-
 // sServer runs `openssl s_server` on a free loopback port and returns it.
 func sServer(t *testing.T, p pki, args ...string) int {
 	t.Helper()
@@ -194,7 +175,7 @@ type connState interface {
 func TestDialOpenSSLWithCA(t *testing.T) {
 	p := newPKI(t)
 	port := sServer(t, p, "-rev")
-	pl := pipeline(t, "tls ca="+p.ca)
+	pl := testutil.Pipeline(t, "tls ca="+p.ca)
 	for _, host := range []string{"127.0.0.1", "localhost"} {
 		c, err := dial(t, pl, host, port)
 		if err != nil {
@@ -215,7 +196,7 @@ func TestDialWrongCA(t *testing.T) {
 	p := newPKI(t)
 	port := sServer(t, p, "-rev")
 	for _, chain := range []string{"tls ca=" + p.otherCA, "tls"} {
-		_, err := dial(t, pipeline(t, chain), "127.0.0.1", port)
+		_, err := dial(t, testutil.Pipeline(t, chain), "127.0.0.1", port)
 		if err == nil {
 			t.Fatalf("%s: dial succeeded against a server signed by another CA", chain)
 		}
@@ -232,12 +213,12 @@ func TestDialWrongCA(t *testing.T) {
 func TestDialWrongName(t *testing.T) {
 	p := newPKI(t)
 	port := sServer(t, p, "-rev")
-	_, err := dial(t, pipeline(t, "tls sni=wrong.test ca="+p.ca), "127.0.0.1", port)
+	_, err := dial(t, testutil.Pipeline(t, "tls sni=wrong.test ca="+p.ca), "127.0.0.1", port)
 	if err == nil || !strings.Contains(err.Error(), "not valid for wrong.test") || !strings.Contains(err.Error(), "sni=NAME") {
 		t.Fatalf("got %v, want an error saying the certificate is not valid for wrong.test", err)
 	}
 	// sni= names the certificate's name while the flow goes to an address.
-	c, err := dial(t, pipeline(t, "tls sni=localhost ca="+p.ca), "127.0.0.1", port)
+	c, err := dial(t, testutil.Pipeline(t, "tls sni=localhost ca="+p.ca), "127.0.0.1", port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +230,7 @@ func TestDialWrongName(t *testing.T) {
 func TestDialInsecure(t *testing.T) {
 	p := newPKI(t)
 	port := sServer(t, p, "-rev")
-	c, err := dial(t, pipeline(t, "tls insecure=true"), "127.0.0.1", port)
+	c, err := dial(t, testutil.Pipeline(t, "tls insecure=true"), "127.0.0.1", port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +245,7 @@ func TestDialInsecure(t *testing.T) {
 func TestDialALPN(t *testing.T) {
 	p := newPKI(t)
 	port := sServer(t, p, "-rev", "-alpn", "foo,bar")
-	c, err := dial(t, pipeline(t, "tls alpn=baz,bar ca="+p.ca), "127.0.0.1", port)
+	c, err := dial(t, testutil.Pipeline(t, "tls alpn=baz,bar ca="+p.ca), "127.0.0.1", port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +262,7 @@ func TestDialClientCert(t *testing.T) {
 	// TLS 1.2 so that a refused client certificate fails the handshake
 	// itself; with 1.3 the server's verdict arrives after it.
 	port := sServer(t, p, "-rev", "-tls1_2", "-Verify", "1", "-CAfile", p.clientCA, "-verify_return_error")
-	c, err := dial(t, pipeline(t, fmt.Sprintf("tls ca=%s cert=%s key=%s", p.ca, p.clientCert, p.clientKey)), "127.0.0.1", port)
+	c, err := dial(t, testutil.Pipeline(t, fmt.Sprintf("tls ca=%s cert=%s key=%s", p.ca, p.clientCert, p.clientKey)), "127.0.0.1", port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,12 +270,12 @@ func TestDialClientCert(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 	closed(t, c)
-	_, err = dial(t, pipeline(t, "tls ca="+p.ca), "127.0.0.1", port)
+	_, err = dial(t, testutil.Pipeline(t, "tls ca="+p.ca), "127.0.0.1", port)
 	if err == nil || !strings.Contains(err.Error(), "wants a client certificate: give cert=FILE key=FILE") {
 		t.Fatalf("without cert: got %v, want an error asking for cert= and key=", err)
 	}
 	// A certificate the server does not trust (here: the server's own).
-	_, err = dial(t, pipeline(t, fmt.Sprintf("tls ca=%s cert=%s key=%s", p.ca, p.serverCert, p.serverKey)), "127.0.0.1", port)
+	_, err = dial(t, testutil.Pipeline(t, fmt.Sprintf("tls ca=%s cert=%s key=%s", p.ca, p.serverCert, p.serverKey)), "127.0.0.1", port)
 	if err == nil || !strings.Contains(err.Error(), "refused our client certificate") {
 		t.Fatalf("with an untrusted cert: got %v, want an error saying the server refused it", err)
 	}
@@ -302,7 +283,7 @@ func TestDialClientCert(t *testing.T) {
 
 func TestDialNotTLS(t *testing.T) {
 	origin := httpOrigin(t)
-	_, err := dial(t, pipeline(t, "tls insecure=true"), "127.0.0.1", origin.(*net.TCPAddr).Port)
+	_, err := dial(t, testutil.Pipeline(t, "tls insecure=true"), "127.0.0.1", origin.(*net.TCPAddr).Port)
 	if err == nil || !strings.Contains(err.Error(), "does not speak TLS") {
 		t.Fatalf("got %v, want an error saying the server does not speak TLS", err)
 	}
@@ -321,7 +302,7 @@ func TestDialHandshakeTimeout(t *testing.T) {
 			silent <- c // accept, then say nothing
 		}
 	}()
-	_, err = dial(t, pipeline(t, "tls insecure=true timeout=300ms"), "127.0.0.1", l.Addr().(*net.TCPAddr).Port)
+	_, err = dial(t, testutil.Pipeline(t, "tls insecure=true timeout=300ms"), "127.0.0.1", l.Addr().(*net.TCPAddr).Port)
 	if err == nil || funnel.Classify(err) != funnel.KindTimeout || !strings.Contains(err.Error(), "did not finish within 300ms") {
 		t.Fatalf("got %v (kind %v), want a handshake timeout", err, funnel.Classify(err))
 	}
@@ -351,7 +332,7 @@ func TestCompileErrors(t *testing.T) {
 		{"tls timeout=0s", `piece "tls": timeout: must be more than 0`},
 		{"tls verify=no", `piece "tls" has no parameter "verify"`},
 	} {
-		_, err := compile(t, tc.chain)
+		_, err := testutil.CompileChain(tc.chain)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s:\n got  %v\n want an error containing %q", tc.chain, err, tc.want)
 		}
@@ -435,7 +416,7 @@ func curl(t *testing.T, args ...string) (string, error) {
 func TestInboundCurl(t *testing.T) {
 	p := newPKI(t)
 	origin := httpOrigin(t)
-	port, _ := inbound(t, pipeline(t, fmt.Sprintf("tls cert=%s key=%s", p.serverCert, p.serverKey)), origin)
+	port, _ := inbound(t, testutil.Pipeline(t, fmt.Sprintf("tls cert=%s key=%s", p.serverCert, p.serverKey)), origin)
 	url := fmt.Sprintf("https://localhost:%d/secret", port)
 	resolve := fmt.Sprintf("localhost:%d:127.0.0.1", port)
 	got, err := curl(t, "--cacert", p.ca, "--resolve", resolve, url)
@@ -452,7 +433,7 @@ func TestInboundCurl(t *testing.T) {
 func TestInboundClientCertCurl(t *testing.T) {
 	p := newPKI(t)
 	origin := httpOrigin(t)
-	port, errs := inbound(t, pipeline(t, fmt.Sprintf("tls cert=%s key=%s ca=%s", p.serverCert, p.serverKey, p.clientCA)), origin)
+	port, errs := inbound(t, testutil.Pipeline(t, fmt.Sprintf("tls cert=%s key=%s ca=%s", p.serverCert, p.serverKey, p.clientCA)), origin)
 	url := fmt.Sprintf("https://127.0.0.1:%d/mtls", port)
 	got, err := curl(t, "--cacert", p.ca, "--cert", p.clientCert, "--key", p.clientKey, url)
 	if err != nil || got != "plain origin says hello to /mtls\n" {
@@ -475,7 +456,7 @@ func TestInboundSClientALPN(t *testing.T) {
 	openssl := testutil.NeedTool(t, "openssl")
 	p := newPKI(t)
 	origin := httpOrigin(t)
-	port, _ := inbound(t, pipeline(t, fmt.Sprintf("tls cert=%s key=%s alpn=http/1.1", p.serverCert, p.serverKey)), origin)
+	port, _ := inbound(t, testutil.Pipeline(t, fmt.Sprintf("tls cert=%s key=%s alpn=http/1.1", p.serverCert, p.serverKey)), origin)
 	cmd := exec.Command(openssl, "s_client", "-connect", fmt.Sprintf("127.0.0.1:%d", port), "-CAfile", p.ca,
 		"-verify_return_error", "-alpn", "h2,http/1.1", "-ign_eof")
 	cmd.Stdin = strings.NewReader("GET /alpn HTTP/1.0\r\n\r\n")
@@ -500,7 +481,7 @@ func TestInboundSClientALPN(t *testing.T) {
 }
 
 func TestInboundWithoutCert(t *testing.T) {
-	pl := pipeline(t, "tls")
+	pl := testutil.Pipeline(t, "tls")
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -518,7 +499,7 @@ func TestInboundWithoutCert(t *testing.T) {
 func TestInboundHalfClose(t *testing.T) {
 	p := newPKI(t)
 	echo := testutil.EchoServer(t)
-	port, _ := inbound(t, pipeline(t, fmt.Sprintf("tls cert=%s key=%s", p.serverCert, p.serverKey)), echo)
+	port, _ := inbound(t, testutil.Pipeline(t, fmt.Sprintf("tls cert=%s key=%s", p.serverCert, p.serverKey)), echo)
 	pem, _ := os.ReadFile(p.ca)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
