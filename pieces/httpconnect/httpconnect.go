@@ -84,7 +84,6 @@ func (h *HTTPConnect) Curves() []funnel.Curve {
 func (h *HTTPConnect) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
 	g := f.WithDest(h.server)
 	g.Network = funnel.TCP
-	g.Handoff = false // we speak to the proxy ourselves
 	conn, err := next.DialStream(ctx, g)
 	if err != nil {
 		return nil, fmt.Errorf("reaching HTTP proxy %s: %w", h.server, err)

@@ -76,11 +76,11 @@ func (s *Socks5) Curves() []funnel.Curve {
 }
 
 // towardServer is the flow as the piece below sees it: aimed at the SOCKS5
-// server. Handoff is off because we speak to the server ourselves.
+// server. (The engine has already turned off any handoff: socks5 is not
+// Transparent.)
 func (s *Socks5) towardServer(f *funnel.Flow, network funnel.Network, dest funnel.Addr) *funnel.Flow {
 	g := f.WithDest(dest)
 	g.Network = network
-	g.Handoff = false
 	return g
 }
 
