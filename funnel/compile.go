@@ -447,6 +447,15 @@ func closePiece(p Piece) {
 	}
 }
 
+// PlainDirect reports whether the pipeline is `direct` alone, without
+// parameters: its flows end in one connect(2) to exactly the address asked
+// for, so a hook may make that connection itself on a fast path (the
+// preload library's own connect, socks5d's event loop) and still do what
+// the profile says.
+func (pl *Pipeline) PlainDirect() bool {
+	return len(pl.Specs) == 1 && pl.Specs[0].Name == "direct" && len(pl.Specs[0].Params) == 0
+}
+
 // Hold marks a flow as using this pipeline's set; call the returned func
 // when the flow ends, so a retired set closes its pieces after its last flow.
 func (pl *Pipeline) Hold() (release func()) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -282,6 +283,15 @@ func unpaceLoopback(c *net.TCPConn) {
 	rc.Control(func(fd uintptr) {
 		unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
 	})
+}
+
+// UnpaceFD is unpaceLoopback for a raw socket of a hook that manages its
+// own descriptors (socks5d's event loop): peer is the address at the other
+// end.
+func UnpaceFD(fd int, peer netip.Addr) {
+	if peer.Unmap().IsLoopback() && systemPaces() {
+		unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
+	}
 }
 
 // systemPaces reports whether new sockets get bbr, read once: our sockets

@@ -27,18 +27,10 @@ const relayAcceptWait = 30 * time.Second
 // destination in req through the profile. The result is what connect()
 // returns in the program: 0, EINPROGRESS, or the errno of the failure;
 // plain says the profile is plain direct, so the library may connect
-// literal addresses itself for a while (see isPlainDirect).
+// literal addresses itself for a while (see funnel.Pipeline.PlainDirect).
 func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) (errno unix.Errno, plain bool) {
 	errno, pl := s.connectVia(ctx, p, req, fd)
-	return errno, pl != nil && isPlainDirect(pl)
-}
-
-// isPlainDirect: the pipeline is `direct` alone, without parameters. Such a
-// flow ends in connect(2) on the program's socket, to exactly the address
-// it asked for, which the library can do without asking us. Any parameter
-// (source=, timeout=…) or any other piece keeps every connect here.
-func isPlainDirect(pl *funnel.Pipeline) bool {
-	return len(pl.Specs) == 1 && pl.Specs[0].Name == "direct" && len(pl.Specs[0].Params) == 0
+	return errno, pl != nil && pl.PlainDirect()
 }
 
 // connectFailed logs a connect the library made itself on the plain-direct

@@ -58,7 +58,7 @@ func FuzzRequest(f *testing.F) {
 	s.defaults()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &scriptConn{in: bytes.NewReader(data)}
-		ss := &session{s: s, c: c, w: &wireReader{r: c}}
+		ss := &session{s: s, c: c, remote: c.RemoteAddr(), w: &wireReader{r: c}}
 		req, ok := ss.handshake()
 		out := c.out.Bytes()
 		if len(out) == 0 {

@@ -38,7 +38,11 @@ type Server struct {
 	// MaxConns bounds the client connections served at once; one more is
 	// accepted and closed at once rather than queued.
 	MaxConns int
-	Log      *slog.Logger
+	// GeneralOnly serves every client on the general path, one goroutine
+	// per client; otherwise an event loop serves plain-direct CONNECTs of
+	// TCP listeners itself (loop.go).
+	GeneralOnly bool
+	Log         *slog.Logger
 
 	users   atomic.Pointer[Users] // nil: no authentication
 	mapping atomic.Pointer[Map]   // nil: CONNECT goes out through the profile
@@ -91,6 +95,10 @@ func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if !s.GeneralOnly && loopEligible(l) {
+				errc <- s.runLoop(ctx, l, &wg)
+				return
+			}
 			errc <- s.acceptLoop(ctx, l, &wg)
 		}()
 	}
@@ -215,19 +223,31 @@ var readerPool = sync.Pool{New: func() any { return new(wireReader) }}
 
 // session is one client connection's state during the handshake.
 type session struct {
-	s     *Server
-	c     net.Conn
-	w     *wireReader
-	user  string
-	entry userEntry
-	reply [4 + 16 + 2]byte // room for the longest reply we send
+	s      *Server
+	c      net.Conn
+	remote net.Addr
+	w      *wireReader
+	user   string
+	entry  userEntry
+	// greeted: method selection is done (by the event loop).
+	greeted bool
+	reply   [4 + 16 + 2]byte // room for the longest reply we send
 }
 
 // serveConn serves one client. A CONNECT hands its relay to goroutines of
 // its own and returns true: finish then runs when the relay ends, not now.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, finish func()) (handedOff bool) {
-	ss := &session{s: s, c: c, w: readerPool.Get().(*wireReader)}
-	ss.w.r, ss.w.start, ss.w.end = c, 0, 0
+	return s.serveConnFrom(ctx, c, c.RemoteAddr(), finish, nil, false)
+}
+
+// serveConnFrom serves a client whose first bytes were read already (by
+// the event loop, which hands over what it does not serve itself): prefill
+// is what it read and did not answer, and greeted says that it answered
+// the greeting already. remote is the client's address, which a socket
+// that the client has reset no longer reports.
+func (s *Server) serveConnFrom(ctx context.Context, c net.Conn, remote net.Addr, finish func(), prefill []byte, greeted bool) (handedOff bool) {
+	ss := &session{s: s, c: c, remote: remote, w: readerPool.Get().(*wireReader), greeted: greeted}
+	ss.w.r, ss.w.start, ss.w.end = c, 0, copy(ss.w.buf[:], prefill)
 	defer func() {
 		if handedOff {
 			return
@@ -251,7 +271,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, finish func()) (hand
 	}
 	pl, err := s.Engine.Resolve(sel)
 	if err != nil {
-		s.Log.Error("no profile for flow", "src", c.RemoteAddr().String(), "user", ss.user, "err", err)
+		s.Log.Error("no profile for flow", "src", ss.remote.String(), "user", ss.user, "err", err)
 		ss.sendReply(replyGeneral, netip.AddrPort{})
 		return false
 	}
@@ -280,71 +300,10 @@ func (ss *session) releaseReader() {
 // answers every failure the way the protocol says and reports whether
 // serving may go on.
 func (ss *session) handshake() (request, bool) {
-	s, c, w := ss.s, ss.c, ss.w
-	src := c.RemoteAddr().String()
-	methods, err := readGreeting(w)
-	if err != nil {
-		ss.logProto("greeting", err)
+	if !ss.greeted && !ss.greet() {
 		return request{}, false
 	}
-	if !s.allowed(c.RemoteAddr()) {
-		// Tell the client why where the protocol has a way to: reply 2
-		// (not allowed by ruleset) to its request.
-		s.Log.Warn("client not in --allow: refused", "src", src)
-		if !offers(methods, methodNone) {
-			c.Write([]byte{socksVersion, methodNoneOffered})
-			return request{}, false
-		}
-		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
-			return request{}, false
-		}
-		if _, err := readRequest(w); err != nil {
-			var pe *protoError
-			if !errors.As(err, &pe) {
-				return request{}, false
-			}
-		}
-		ss.sendReply(replyNotAllowed, netip.AddrPort{})
-		return request{}, false
-	}
-	if users := s.users.Load(); users != nil {
-		if !offers(methods, methodPassword) {
-			s.Log.Warn("client offers no username/password method, and --users requires one: refused", "src", src)
-			c.Write([]byte{socksVersion, methodNoneOffered})
-			return request{}, false
-		}
-		if _, err := c.Write([]byte{socksVersion, methodPassword}); err != nil {
-			return request{}, false
-		}
-		user, pass, err := readPassword(w)
-		if err != nil {
-			ss.logProto("username/password request", err)
-			var pe *protoError
-			if errors.As(err, &pe) {
-				c.Write([]byte{authVersion, 1})
-			}
-			return request{}, false
-		}
-		e, ok := users.Check(user, pass)
-		if !ok {
-			s.Log.Warn("authentication failed", "src", src, "user", user)
-			c.Write([]byte{authVersion, 1})
-			return request{}, false
-		}
-		if _, err := c.Write([]byte{authVersion, 0}); err != nil {
-			return request{}, false
-		}
-		ss.user, ss.entry = user, e
-	} else {
-		if !offers(methods, methodNone) {
-			s.Log.Warn("client offers only methods that need --users (e.g. username/password): refused", "src", src, "methods", fmt.Sprint(methods))
-			c.Write([]byte{socksVersion, methodNoneOffered})
-			return request{}, false
-		}
-		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
-			return request{}, false
-		}
-	}
+	w := ss.w
 	req, err := readRequest(w)
 	if err != nil {
 		ss.logProto("request", err)
@@ -355,6 +314,76 @@ func (ss *session) handshake() (request, bool) {
 		return request{}, false
 	}
 	return req, true
+}
+
+// greet runs method selection and authentication.
+func (ss *session) greet() bool {
+	s, c, w := ss.s, ss.c, ss.w
+	src := ss.remote.String()
+	methods, err := readGreeting(w)
+	if err != nil {
+		ss.logProto("greeting", err)
+		return false
+	}
+	if !s.allowed(ss.remote) {
+		// Tell the client why where the protocol has a way to: reply 2
+		// (not allowed by ruleset) to its request.
+		s.Log.Warn("client not in --allow: refused", "src", src)
+		if !offers(methods, methodNone) {
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+			return false
+		}
+		if _, err := readRequest(w); err != nil {
+			var pe *protoError
+			if !errors.As(err, &pe) {
+				return false
+			}
+		}
+		ss.sendReply(replyNotAllowed, netip.AddrPort{})
+		return false
+	}
+	if users := s.users.Load(); users != nil {
+		if !offers(methods, methodPassword) {
+			s.Log.Warn("client offers no username/password method, and --users requires one: refused", "src", src)
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodPassword}); err != nil {
+			return false
+		}
+		user, pass, err := readPassword(w)
+		if err != nil {
+			ss.logProto("username/password request", err)
+			var pe *protoError
+			if errors.As(err, &pe) {
+				c.Write([]byte{authVersion, 1})
+			}
+			return false
+		}
+		e, ok := users.Check(user, pass)
+		if !ok {
+			s.Log.Warn("authentication failed", "src", src, "user", user)
+			c.Write([]byte{authVersion, 1})
+			return false
+		}
+		if _, err := c.Write([]byte{authVersion, 0}); err != nil {
+			return false
+		}
+		ss.user, ss.entry = user, e
+	} else {
+		if !offers(methods, methodNone) {
+			s.Log.Warn("client offers only methods that need --users (e.g. username/password): refused", "src", src, "methods", fmt.Sprint(methods))
+			c.Write([]byte{socksVersion, methodNoneOffered})
+			return false
+		}
+		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func offers(methods []byte, m byte) bool {
@@ -370,12 +399,12 @@ func (ss *session) logProto(what string, err error) {
 	var pe *protoError
 	switch {
 	case errors.As(err, &pe):
-		ss.s.Log.Warn("malformed SOCKS5 "+what, "src", ss.c.RemoteAddr().String(), "err", err)
+		ss.s.Log.Warn("malformed SOCKS5 "+what, "src", ss.remote.String(), "err", err)
 	case errors.Is(err, io.EOF):
 		// A port scan or a health check: not worth a warning.
-		ss.s.Log.Debug("client closed during the handshake", "src", ss.c.RemoteAddr().String())
+		ss.s.Log.Debug("client closed during the handshake", "src", ss.remote.String())
 	default:
-		ss.s.Log.Debug("SOCKS5 "+what, "src", ss.c.RemoteAddr().String(), "err", err)
+		ss.s.Log.Debug("SOCKS5 "+what, "src", ss.remote.String(), "err", err)
 	}
 }
 
@@ -387,7 +416,7 @@ func (ss *session) sendReply(code byte, bound netip.AddrPort) error {
 // newFlow makes the flow for a request, with the client's identity.
 func (ss *session) newFlow(network funnel.Network, dest funnel.Addr) *funnel.Flow {
 	f := ss.s.Engine.NewFlow("socks5d", network, dest)
-	f.Source = ss.c.RemoteAddr()
+	f.Source = ss.remote
 	f.User = ss.user
 	return f
 }

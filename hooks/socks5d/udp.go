@@ -64,11 +64,11 @@ func (ss *session) serveUDP(ctx context.Context, pl *funnel.Pipeline, req reques
 		return
 	}
 	local := addrPortOf(ss.c.LocalAddr()).Addr().Unmap()
-	client := addrPortOf(ss.c.RemoteAddr()).Addr().Unmap()
+	client := addrPortOf(ss.remote).Addr().Unmap()
 	relay, err := net.ListenUDP("udp", &net.UDPAddr{IP: local.AsSlice(), Zone: local.Zone()})
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
-		s.Log.Warn("udp associate: cannot open the relay socket", "src", ss.c.RemoteAddr().String(), "err", err)
+		s.Log.Warn("udp associate: cannot open the relay socket", "src", ss.remote.String(), "err", err)
 		return
 	}
 	a := &udpAssoc{ss: ss, pl: pl, relay: relay, client: client, peers: map[string]*udpPeer{}}
@@ -82,7 +82,7 @@ func (ss *session) serveUDP(ctx context.Context, pl *funnel.Pipeline, req reques
 		relay.Close()
 		return
 	}
-	s.Log.Debug("udp associate", "src", ss.c.RemoteAddr().String(), "relay", relay.LocalAddr().String())
+	s.Log.Debug("udp associate", "src", ss.remote.String(), "relay", relay.LocalAddr().String())
 	ss.releaseReader()
 	done := make(chan struct{})
 	go func() {
@@ -208,7 +208,7 @@ func (a *udpAssoc) peer(ctx context.Context, key []byte) *udpPeer {
 		a.warned = true
 		a.mu.Unlock()
 		if warn {
-			a.ss.s.Log.Warn("udp associate: too many destinations; dropping datagrams to new ones", "src", a.ss.c.RemoteAddr().String(), "max", maxUDPPeers)
+			a.ss.s.Log.Warn("udp associate: too many destinations; dropping datagrams to new ones", "src", a.ss.remote.String(), "max", maxUDPPeers)
 		}
 		return nil
 	}
