@@ -7,7 +7,9 @@
 #   2. Short connections: handshake, CONNECT, 64-byte echo, close, many
 #      times over, by bench/cmd/socksload (it speaks SOCKS5 itself, so
 #      every server faces the same client: a Go program cannot be hooked
-#      by proxychains, which replaces libc's connect).
+#      by proxychains, which replaces libc's connect). A fourth peer here,
+#      "floor", is bench/floor/minsocks.c: a minimal epoll proxy in C that
+#      shows the least CPU per connection any proxy needs on this machine.
 #   3. Idle sessions held open: the server's RSS and descriptors per session.
 #
 # Environment:
@@ -21,6 +23,8 @@
 #   BENCH_PARALLEL   short connections at a time (default 32)
 #   BENCH_SESSIONS   idle sessions held (default 5000)
 #   BENCH_DANTED     0: leave danted out (default 1)
+#   BENCH_FLOOR      0: leave out the floor peer of the short-connection
+#                    benchmark, bench/floor/minsocks.c built with gcc (default 1)
 #   BENCH_PORT       first of the loopback ports used (default: free ones from 27000)
 #   FUNTUN_BIN       use this binary instead of building ./cmd/funtun
 #   BENCH_CSV        also write the raw results (one line per run) to this file
@@ -35,6 +39,7 @@ conns=${BENCH_CONNS:-20000}
 parallel=${BENCH_PARALLEL:-32}
 sessions=${BENCH_SESSIONS:-5000}
 with_danted=${BENCH_DANTED:-1}
+with_floor=${BENCH_FLOOR:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=socks5d.sh
 
@@ -55,6 +60,11 @@ for b in $only; do
 	[[ $b == tput || $b == short || $b == idle ]] || die "BENCH_ONLY: unknown benchmark $b (tput, short, idle)"
 done
 wants() { [[ " $only " == *" $1 "* ]]; }
+[[ $with_floor == 0 || $with_floor == 1 ]] || die "BENCH_FLOOR must be 0 or 1"
+wants short || with_floor=0
+if [[ $with_floor == 1 ]]; then
+	command -v gcc >/dev/null || die "needs gcc for the floor peer, or BENCH_FLOOR=0"
+fi
 
 # Each idle session costs the client, the proxy and the echo server one or
 # two descriptors each.
@@ -87,6 +97,10 @@ else
 fi
 socksload=$work/socksload
 (cd "$root" && timeout 300 go build -o "$socksload" ./bench/cmd/socksload)
+if [[ $with_floor == 1 ]]; then
+	minsocks=$work/minsocks
+	timeout 300 gcc -O2 -Wall -Wextra -o "$minsocks" "$root/bench/floor/minsocks.c"
+fi
 
 listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
 next_port=${BENCH_PORT:-27000}
@@ -152,6 +166,9 @@ start_server() {
 	microsocks)
 		start "microsocks-$port" microsocks -i 127.0.0.1 -p "$port"
 		;;
+	floor)
+		start "floor-$port" "$minsocks" "$port"
+		;;
 	danted)
 		cat >"$work/danted-$port.conf" <<EOF
 logoutput: stderr
@@ -178,7 +195,8 @@ EOF
 }
 
 # CPU ticks used by a process group: live members and the children they
-# reaped (danted forks helpers; funtun and microsocks are one process).
+# reaped (danted forks helpers; funtun, microsocks and minsocks are one
+# process).
 group_ticks() {
 	local g=$1 f stat total=0
 	for f in /proc/[0-9]*/stat; do
@@ -208,7 +226,15 @@ results=$work/results
 : >"$results"
 modes=(funtun microsocks)
 [[ $with_danted == 1 ]] && modes+=(danted)
-echo "$me: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), peers: ${modes[*]}" >&2
+# The floor is a reference for the short connections only: it has none of
+# a real proxy's work to do, and throughput and idle sessions need no floor.
+short_modes=("${modes[@]}")
+peers=${modes[*]}
+if [[ $with_floor == 1 ]]; then
+	short_modes+=(floor)
+	peers+=", floor (short connections only)"
+fi
+echo "$me: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), peers: $peers" >&2
 
 # --- 1. TCP throughput -----------------------------------------------------
 if wants tput; then
@@ -271,7 +297,7 @@ fi
 # --- 2. Short connections --------------------------------------------------
 if wants short; then
 	declare -A short_port short_target short_group
-	for mode in "${modes[@]}"; do
+	for mode in "${short_modes[@]}"; do
 		# One echo server per peer: each run leaves its connections to the
 		# echo port in TIME_WAIT, and the peers must not share that.
 		start "echo-$mode" "$socksload" echo --listen 127.0.0.1:0
@@ -289,7 +315,7 @@ if wants short; then
 	done
 	echo "$me: short connections: $conns per run, $parallel at a time, rounds: $rounds" >&2
 	for ((r = 1; r <= rounds; r++)); do
-		order=("${modes[@]}")
+		order=("${short_modes[@]}")
 		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
 		for mode in "${order[@]}"; do
 			echo "$me: round $r: short connections $mode" >&2
@@ -311,7 +337,7 @@ EOF
 			sleep 1
 		done
 	done
-	for mode in "${modes[@]}"; do stop_group "${short_group[$mode]}"; done
+	for mode in "${short_modes[@]}"; do stop_group "${short_group[$mode]}"; done
 	if [[ $with_danted == 1 ]]; then
 		# danted binds every outgoing socket to its external address before
 		# connecting, so it cannot share ports with TIME_WAIT sockets the
@@ -431,7 +457,7 @@ for _, mode, rnd, cps, p50, p99, errs, ok, cpu in (r for r in rows if r[0] == "s
 if short:
     print("\n2. Short connections: handshake, CONNECT, 64-byte echo, close (median of rounds; errors summed)")
     print(f"{'peer':>10} {'conn/s':>8} {'min':>8} {'max':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/1k conn':>14}")
-    for mode in ("funtun", "microsocks", "danted"):
+    for mode in ("funtun", "microsocks", "danted", "floor"):
         if mode not in short:
             continue
         xs = short[mode]
@@ -446,6 +472,16 @@ if short:
         if "danted" in short:
             line += f"  funtun/danted {ratio(f, med([x[0] for x in short['danted']])):.2f}"
         print(line)
+    if "floor" in short:
+        # Informational: what the same work costs a minimal epoll proxy in C.
+        fl = med([x[0] for x in short["floor"]])
+        parts = []
+        if "funtun" in short:
+            parts.append(f"funtun/floor {ratio(med([x[0] for x in short['funtun']]), fl):.2f}")
+        if "microsocks" in short:
+            parts.append(f"floor/microsocks {ratio(fl, med([x[0] for x in short['microsocks']])):.2f}")
+        if parts:
+            print(f"{'':>10} {'  '.join(parts)} (floor: bench/floor/minsocks.c, a reference, no target)")
     for r in rows:
         if r[0] == "note" and r[1] == "danted_out_of_ports" and int(r[2]) > 0:
             print(f"{'':>10} danted's errors: its log says {r[2]} times that it could not bind a source port (out of ephemeral ports):")
