@@ -23,6 +23,8 @@
 #   BENCH_PARALLEL   short connections at a time (default 32)
 #   BENCH_SESSIONS   idle sessions held (default 5000)
 #   BENCH_DANTED     0: leave danted out (default 1)
+#   BENCH_GENERAL    0: leave out "funtun-general", funtun with --event-loop=false,
+#                    from the short-connection benchmark (default 1)
 #   BENCH_FLOOR      0: leave out the floor peer of the short-connection
 #                    benchmark, bench/floor/minsocks.c built with gcc (default 1)
 #   BENCH_PORT       first of the loopback ports used (default: free ones from 27000)
@@ -40,6 +42,7 @@ parallel=${BENCH_PARALLEL:-32}
 sessions=${BENCH_SESSIONS:-5000}
 with_danted=${BENCH_DANTED:-1}
 with_floor=${BENCH_FLOOR:-1}
+with_general=${BENCH_GENERAL:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=socks5d.sh
 
@@ -61,7 +64,8 @@ for b in $only; do
 done
 wants() { [[ " $only " == *" $1 "* ]]; }
 [[ $with_floor == 0 || $with_floor == 1 ]] || die "BENCH_FLOOR must be 0 or 1"
-wants short || with_floor=0
+[[ $with_general == 0 || $with_general == 1 ]] || die "BENCH_GENERAL must be 0 or 1"
+wants short || { with_floor=0; with_general=0; }
 if [[ $with_floor == 1 ]]; then
 	command -v gcc >/dev/null || die "needs gcc for the floor peer, or BENCH_FLOOR=0"
 fi
@@ -163,6 +167,11 @@ start_server() {
 		# the short-connection run, and no peer logs that much.
 		start "funtun-$port" "$funtun" --quiet socks5d --listen "127.0.0.1:$port" --max-conns 20000 profile=direct
 		;;
+	funtun-general)
+		# The same server with its event loops off: every client on the
+		# general path, a goroutine each (what profiles with pieces get).
+		start "funtun-general-$port" "$funtun" --quiet socks5d --listen "127.0.0.1:$port" --max-conns 20000 --event-loop=false profile=direct
+		;;
 	microsocks)
 		start "microsocks-$port" microsocks -i 127.0.0.1 -p "$port"
 		;;
@@ -230,6 +239,10 @@ modes=(funtun microsocks)
 # a real proxy's work to do, and throughput and idle sessions need no floor.
 short_modes=("${modes[@]}")
 peers=${modes[*]}
+if [[ $with_general == 1 ]]; then
+	short_modes=(funtun funtun-general "${modes[@]:1}")
+	peers+=", funtun-general (short connections only)"
+fi
 if [[ $with_floor == 1 ]]; then
 	short_modes+=(floor)
 	peers+=", floor (short connections only)"
@@ -456,14 +469,14 @@ for _, mode, rnd, cps, p50, p99, errs, ok, cpu in (r for r in rows if r[0] == "s
     short.setdefault(mode, []).append((float(cps), float(p50), float(p99), int(errs), int(ok), float(cpu)))
 if short:
     print("\n2. Short connections: handshake, CONNECT, 64-byte echo, close (median of rounds; errors summed)")
-    print(f"{'peer':>10} {'conn/s':>8} {'min':>8} {'max':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/1k conn':>14}")
-    for mode in ("funtun", "microsocks", "danted", "floor"):
+    print(f"{'peer':>14} {'conn/s':>8} {'min':>8} {'max':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/1k conn':>14}")
+    for mode in ("funtun", "funtun-general", "microsocks", "danted", "floor"):
         if mode not in short:
             continue
         xs = short[mode]
         cps = [x[0] for x in xs]
         cpu_per = med([1000 * x[5] / x[4] * 1000 for x in xs if x[4]])
-        print(f"{mode:>10} {med(cps):>8.0f} {min(cps):>8.0f} {max(cps):>8.0f} {med([x[1] for x in xs]):>7.2f} {med([x[2] for x in xs]):>7.2f} {sum(x[3] for x in xs):>6} {cpu_per:>14.0f}")
+        print(f"{mode:>14} {med(cps):>8.0f} {min(cps):>8.0f} {max(cps):>8.0f} {med([x[1] for x in xs]):>7.2f} {med([x[2] for x in xs]):>7.2f} {sum(x[3] for x in xs):>6} {cpu_per:>14.0f}")
     if "funtun" in short and "microsocks" in short:
         f = med([x[0] for x in short["funtun"]])
         ferr = sum(x[3] for x in short["funtun"])
@@ -472,6 +485,9 @@ if short:
         if "danted" in short:
             line += f"  funtun/danted {ratio(f, med([x[0] for x in short['danted']])):.2f}"
         print(line)
+    if "funtun-general" in short and "microsocks" in short:
+        g = med([x[0] for x in short["funtun-general"]])
+        print(f"{'':>10} funtun-general/microsocks {ratio(g, med([x[0] for x in short['microsocks']])):.2f} (the general path, for comparison: no target)")
     if "floor" in short:
         # Informational: what the same work costs a minimal epoll proxy in C.
         fl = med([x[0] for x in short["floor"]])
@@ -500,10 +516,13 @@ if idle:
         f = idle["funtun"]
         kib, fds, socks, pipes = float(f[7]), float(f[8]), float(f[9]), int(f[10])
         ok = f[3] == f[2] and f[4] == f[3]
-        # The relay's free list keeps at most 64 pipes (128 descriptors)
-        # whatever the number of sessions: a constant, not a per-session cost.
+        # The general relay's free list keeps at most 64 pipes, each event
+        # loop (one per CPU) at most 8, whatever the number of sessions:
+        # a constant, not a per-session cost.
+        import os
+        pool_fds = 2 * (64 + 8 * (os.cpu_count() or 1))
         line = (f"{'':>10} funtun: RSS {kib:.2f} KiB/session (target <= 13: {verdict(kib <= 13)}), "
-                f"{socks:.2f} sockets/session + {pipes} pooled pipe fds (target: 2 per session, pool bounded: {verdict(socks <= 2 and pipes <= 128)}), "
+                f"{socks:.2f} sockets/session + {pipes} pooled pipe fds (target: 2 per session, pool bounded by {pool_fds}: {verdict(socks <= 2 and pipes <= pool_fds)}), "
                 f"all sessions open and alive: {'yes' if ok else 'NO'}")
         if "microsocks" in idle and float(idle["microsocks"][7]) > 0:
             line += f"; RSS/session vs microsocks {kib / float(idle['microsocks'][7]):.2f}"

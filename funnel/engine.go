@@ -108,6 +108,19 @@ func (e *Engine) ServeInbound(ctx context.Context, f *Flow, pl *Pipeline, netCon
 
 // End writes the one log line of a flow.
 func (e *Engine) End(f *Flow, err error) {
+	log := f.Log
+	if log == nil {
+		log = e.Log
+	}
+	level := slog.LevelInfo
+	if err != nil {
+		level = slog.LevelWarn
+	}
+	if !log.Enabled(context.Background(), level) {
+		// --quiet on a busy server: the line's formatting would cost
+		// more than many a short flow.
+		return
+	}
 	attrs := []any{
 		"hook", f.Hook, "profile", f.Profile, "net", string(f.Network),
 		"src", addrString(f.Source), "dst", f.Dest.String(),
@@ -119,10 +132,6 @@ func (e *Engine) End(f *Flow, err error) {
 	}
 	if f.Inbound {
 		attrs = append(attrs, "inbound", true)
-	}
-	log := f.Log
-	if log == nil {
-		log = e.Log
 	}
 	if err != nil {
 		log.Warn("flow failed", append(attrs, "kind", Classify(err).String(), "err", err)...)

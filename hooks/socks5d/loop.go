@@ -84,7 +84,10 @@ type handshakeBuf struct {
 
 var handshakeBufs = sync.Pool{New: func() any { return new(handshakeBuf) }}
 
-const loopPipeSize = 256 << 10
+const (
+	loopPipeSize = 256 << 10
+	maxLoopPipes = 8
+)
 
 // fdRef says which connection and which of its sockets a descriptor is.
 type fdRef struct {
@@ -146,11 +149,23 @@ func (s *Server) runLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup
 	if err != nil {
 		return os.NewSyscallError("eventfd", err)
 	}
-	defer unix.Close(wake)
-	stop := context.AfterFunc(ctx, func() {
-		// Never read: it stays readable for every loop.
-		unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	})
+	// wakeAll is never read: it stays readable for every loop. The lock
+	// keeps a late call from writing to the descriptor after its close.
+	var wakeMu sync.Mutex
+	wakeAll := func() {
+		wakeMu.Lock()
+		defer wakeMu.Unlock()
+		if wake >= 0 {
+			unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	}
+	defer func() {
+		wakeMu.Lock()
+		defer wakeMu.Unlock()
+		unix.Close(wake)
+		wake = -1
+	}()
+	stop := context.AfterFunc(ctx, wakeAll)
 	defer stop()
 
 	n := max(1, runtime.GOMAXPROCS(0))
@@ -164,7 +179,7 @@ func (s *Server) runLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup
 		if err := <-errc; err != nil && first == nil {
 			first = err
 			// One loop failing stops the others.
-			unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+			wakeAll()
 		}
 	}
 	return first
@@ -203,7 +218,7 @@ func (ev *eventLoop) close() {
 // enough for the shortest timeout configured.
 func (ev *eventLoop) sweepEvery() time.Duration {
 	d := time.Second
-	for _, t := range []time.Duration{ev.s.HandshakeTimeout / 4, ev.s.IdleTimeout / 4} {
+	for _, t := range []time.Duration{ev.s.HandshakeTimeout / 4, ev.s.IdleTimeout / 4, directTimeout / 10} {
 		if t > 0 && t < d {
 			d = t
 		}
@@ -342,6 +357,11 @@ func (ev *eventLoop) accept() {
 		ev.conns[c] = struct{}{}
 		ev.setRef(fd, c, false)
 		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if !remote.Addr().IsLoopback() {
+			// What the net package gives accepted connections: a
+			// client that vanishes behind a middlebox is noticed.
+			setKeepalive(fd)
+		}
 		// Clients write their greeting right after connecting: it is
 		// usually here already, and then needs no trip through epoll.
 		if ev.readHandshake(c) && c.state <= stateRequest {
@@ -451,6 +471,12 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 	hs.n += n
 	if c.state == stateGreeting {
 		b := hs.buf[:hs.n]
+		if b[0] != socksVersion {
+			// An HTTP request, SOCKS4: the general path says what it
+			// is and closes, without waiting for more.
+			ev.handOffConn(c, b, false)
+			return false
+		}
 		if len(b) < 2 || len(b) < 2+int(b[1]) {
 			return true
 		}
@@ -535,6 +561,10 @@ func (ev *eventLoop) handOff(fd int, remote netip.AddrPort, read []byte, greeted
 		s.Log.Error("handing a client to the general path", "src", remote.String(), "err", err)
 		return
 	}
+	if tc, ok := nc.(*net.TCPConn); ok && remote.Addr().IsLoopback() {
+		// As the loop's own clients: no probes on loopback.
+		tc.SetKeepAlive(false)
+	}
 	if !s.track(nc, true) {
 		s.active.Add(-1)
 		nc.Close()
@@ -586,10 +616,7 @@ func (ev *eventLoop) dial(c *loopConn) {
 	funnel.UnpaceFD(fd, c.dest.Addr())
 	if !c.dest.Addr().IsLoopback() {
 		// What the direct piece's default keepalive=15s sets.
-		sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9)
+		setKeepalive(fd)
 	}
 	switch err := sysConnect(fd, c.dest); err {
 	case nil:
@@ -601,8 +628,18 @@ func (ev *eventLoop) dial(c *loopConn) {
 	}
 }
 
-// directTimeout is the direct piece's default connect timeout.
-const directTimeout = 10 * time.Second
+// setKeepalive sets what the net package sets by default: probes after
+// 15s idle, every 15s, 9 of them.
+func setKeepalive(fd int) {
+	sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)
+	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
+	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9)
+}
+
+// directTimeout is the direct piece's default connect timeout (a variable
+// for the tests).
+var directTimeout = 10 * time.Second
 
 func (ev *eventLoop) dialDone(c *loopConn) {
 	soerr, err := sysGetsockoptInt(c.ufd, unix.SOL_SOCKET, unix.SO_ERROR)
@@ -796,9 +833,10 @@ func (ev *eventLoop) getPipe() (loopPipe, error) {
 }
 
 // putPipe keeps an empty pipe for the next splice, up to a bound: a pipe
-// is held only while bytes are in it, so an idle flow holds none.
+// is held only while bytes are in it, so an idle flow holds none, and one
+// thread needs few at hand.
 func (ev *eventLoop) putPipe(p loopPipe) {
-	if len(ev.pipes) < 64 {
+	if len(ev.pipes) < maxLoopPipes {
 		ev.pipes = append(ev.pipes, p)
 		return
 	}

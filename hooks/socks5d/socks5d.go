@@ -44,6 +44,11 @@ Examples:
   funtun socks5d --listen 192.168.1.2:1080 --allow 192.168.1.0/24 profile=tor
   funtun socks5d --map services.map chain='tls cert=c.pem key=k.pem'
 
+When the profile is plain ` + "`direct`" + ` and there is no --users or --map, CONNECTs
+to addresses are served by one event loop per CPU, which costs about a
+third less CPU per connection; everything else takes the general path.
+--event-loop=false sends every client the general way.
+
 SIGHUP recompiles every profile and rereads --users and --map; on error
 the old ones stay in force.`
 
@@ -74,6 +79,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	idle := fs.Duration("idle", time.Hour, "end a TCP flow after this long without traffic either way (0: never)")
 	udpIdle := fs.Duration("udp-idle", 2*time.Minute, "end a UDP ASSOCIATE destination after this long without datagrams")
 	bindTimeout := fs.Duration("bind-timeout", 2*time.Minute, "how long BIND waits for the incoming connection")
+	eventLoop := fs.Bool("event-loop", true, "serve plain-direct CONNECTs on event loops, without a goroutine per client (false: every client takes the general path)")
 	sel, rest, done, err := env.ParseFlags(fs, args)
 	if done {
 		return 0
@@ -108,7 +114,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	srv := &Server{
 		Engine: eng, Selector: sel, Allow: allow,
 		HandshakeTimeout: *handshake, IdleTimeout: *idle, UDPIdle: *udpIdle,
-		BindTimeout: *bindTimeout, MaxConns: *maxConns, Log: env.Log,
+		BindTimeout: *bindTimeout, MaxConns: *maxConns, GeneralOnly: !*eventLoop, Log: env.Log,
 	}
 	if *usersFile != "" {
 		u, err := loadUsersChecked(eng, *usersFile)
@@ -144,7 +150,13 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 		named[i] = l.Addr().String()
 	}
 	for _, addr := range listens {
-		l, err := net.Listen(listenNetwork(addr), addr)
+		lc := net.ListenConfig{}
+		if loopbackAddr(addr) {
+			// Clients on this machine cannot vanish behind a
+			// middlebox: keepalive probes would find nothing.
+			lc.KeepAlive = -1
+		}
+		l, err := lc.Listen(ctx, listenNetwork(addr), addr)
 		if err != nil {
 			closeAll()
 			return env.Errorf("socks5d", "cannot listen on %s: %v", addr, unwrapOp(err))
@@ -183,6 +195,12 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 		return env.Errorf("socks5d", "%v", err)
 	}
 	return 0
+}
+
+// loopbackAddr: addr is HOST:PORT with a loopback HOST.
+func loopbackAddr(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }
 
 // listenNetwork keeps an IPv4 address to IPv4: Go would listen on both

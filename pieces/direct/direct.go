@@ -87,7 +87,13 @@ func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) 
 		}
 		return &funnel.Handoff{Addr: ap}, nil
 	}
-	c, err := d.dialer("tcp").DialContext(ctx, "tcp", f.Dest.String())
+	nd := d.dialer("tcp")
+	if !f.Dest.IsName() && f.Dest.IP.IsLoopback() {
+		// Nothing between here and a local server can drop an idle
+		// connection: keepalive would only cost four system calls.
+		nd.KeepAlive = -1
+	}
+	c, err := nd.DialContext(ctx, "tcp", f.Dest.String())
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
