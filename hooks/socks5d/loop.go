@@ -48,6 +48,7 @@ type loopConn struct {
 	// masks and registered hold what epoll has for cfd and ufd.
 	masks      [2]uint32
 	registered [2]bool
+	unpaced    bool // the upstream socket left a pacing congestion control
 	// Idle accounting: the byte total at the last sweep and since when it
 	// has not moved.
 	idleMark  int64
@@ -87,6 +88,7 @@ var handshakeBufs = sync.Pool{New: func() any { return new(handshakeBuf) }}
 const (
 	loopPipeSize = 256 << 10
 	maxLoopPipes = 8
+	bulkSplice   = 32 << 10 // one splice this large makes a flow bulk
 )
 
 // fdRef says which connection and which of its sockets a descriptor is.
@@ -143,8 +145,14 @@ func (s *Server) runLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup
 	local := addrPortOf(l.Addr())
 	tl.Close()
 	unix.SetNonblock(lfd, true)
-	// The listener's congestion control is inherited by what it accepts.
+	// Accepted sockets inherit these from the listener, so no client
+	// costs a system call for them: no Nagle delay on replies and relayed
+	// bytes; the congestion control (funnel.UnpaceFD); and no wake-up
+	// until the client's greeting is there (SOCKS5 clients speak first),
+	// which spares one trip through the loop per client.
+	sysSetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	funnel.UnpaceFD(lfd, local.Addr())
+	sysSetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, max(1, int(s.HandshakeTimeout/time.Second)))
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return os.NewSyscallError("eventfd", err)
@@ -356,7 +364,6 @@ func (ev *eventLoop) accept() {
 		c.hs.n = 0
 		ev.conns[c] = struct{}{}
 		ev.setRef(fd, c, false)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		if !remote.Addr().IsLoopback() {
 			// What the net package gives accepted connections: a
 			// client that vanishes behind a middlebox is noticed.
@@ -613,7 +620,6 @@ func (ev *eventLoop) dial(c *loopConn) {
 	c.ufd = fd
 	ev.setRef(fd, c, true)
 	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	funnel.UnpaceFD(fd, c.dest.Addr())
 	if !c.dest.Addr().IsLoopback() {
 		// What the direct piece's default keepalive=15s sets.
 		setKeepalive(fd)
@@ -773,6 +779,12 @@ func (ev *eventLoop) pump(c *loopConn, d int) bool {
 		return true
 	}
 	c.dirs[d].pipe, c.dirs[d].pending = p, int(n)
+	if n >= bulkSplice && !c.unpaced {
+		// A bulk flow: only now is pacing a cost worth a system call
+		// (funnel.UnpaceFD); short flows never pay it.
+		c.unpaced = true
+		funnel.UnpaceFD(c.ufd, c.dest.Addr())
+	}
 	return ev.flush(c, d)
 }
 

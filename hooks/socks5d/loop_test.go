@@ -1112,6 +1112,29 @@ func TestLoopMaxConns(t *testing.T) {
 	wantLoop(t, env.rec.flowOf(t, a.c))
 }
 
+// A client that connects and says nothing stays in the kernel: the loop's
+// listener accepts only clients that have spoken (TCP_DEFER_ACCEPT), so a
+// silent one costs the server nothing and does not count against
+// --max-conns; once it speaks it is served as usual.
+func TestLoopSilentClientWaitsInTheKernel(t *testing.T) {
+	env := newLoopEnv(t, nil)
+	s := &Server{MaxConns: 1}
+	addr := env.serve(t, s, "tcp")
+	// A first client shows the loop has the listener (a client that
+	// connects before that is accepted the old way).
+	probe := dialRaw(t, addr)
+	probe.noAuth()
+	probe.c.Close()
+	waitHeld(t, s, 0, 0)
+	silent := dialRaw(t, addr)
+	time.Sleep(300 * time.Millisecond)
+	if n := s.Active(); n != 0 {
+		t.Fatalf("%d clients active while the only one has sent nothing, want 0", n)
+	}
+	silent.noAuth()
+	waitHeld(t, s, 1, 0)
+}
+
 func TestLoopReload(t *testing.T) {
 	env := newLoopEnv(t, map[string]string{"p": "direct"})
 	s := &Server{Selector: funnel.Selector{Profile: "p"}}

@@ -163,15 +163,21 @@ func TestMaxConnsRefusesAtOnce(t *testing.T) {
 	eng := testEngine(t, nil)
 	s := &Server{Engine: eng, MaxConns: 2, HandshakeTimeout: time.Minute}
 	addr := startServer(t, s, "tcp")
+	// Each sends the first byte of its greeting: the event loop's
+	// listener accepts a client only once it has spoken (TCP_DEFER_ACCEPT).
 	a, b := dialRaw(t, addr), dialRaw(t, addr)
+	a.send(5)
+	b.send(5)
 	waitActive(t, s, 2)
 	over := dialRaw(t, addr)
+	over.send(5, 1, 0)
 	over.expectClosed()
 	b.c.Close()
 	waitActive(t, s, 1)
 	again := dialRaw(t, addr)
 	again.noAuth()
-	a.noAuth()
+	a.send(1, 0)
+	a.expect(5, 0)
 }
 
 func waitActive(t *testing.T, s *Server, n int) {
