@@ -1416,3 +1416,30 @@ func TestLoopClientKeepalive(t *testing.T) {
 		})
 	}
 }
+
+// proxychains4 is how most programs meet socks5d; with a literal address
+// and profile direct, its flows are the loop's.
+func TestLoopProxychains(t *testing.T) {
+	pc := testutil.NeedTool(t, "proxychains4")
+	curl := testutil.NeedTool(t, "curl")
+	const body = "hello from httptest through proxychains and the loop\n"
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, body)
+	}))
+	t.Cleanup(web.Close)
+	port := web.Listener.Addr().(*net.TCPAddr).Port
+	env := newLoopEnv(t, map[string]string{"d": "direct"})
+	addr := env.serve(t, &Server{Selector: funnel.Selector{Profile: "d"}}, "tcp")
+	host, pport, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(t.TempDir(), "proxychains.conf")
+	text := "strict_chain\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n[ProxyList]\nsocks5 " + host + " " + pport + "\n"
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	out, errOut, code := runTool(t, nil, pc, "-q", "-f", conf, curl, "-sS", "--max-time", "10", url)
+	if code != 0 || out != body {
+		t.Fatalf("proxychains4 curl %s: exit %d, output %q, stderr %q; want %q", url, code, out, errOut, body)
+	}
+	wantLoop(t, env.rec.flowTo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))))
+}
