@@ -96,20 +96,10 @@ func unixEcho(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "unix: ")
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	testutil.Serve(t, l, func(c net.Conn) {
+		io.WriteString(c, "unix: ")
+		io.Copy(c, c)
+	})
 	return path
 }
 

@@ -134,6 +134,13 @@ func startServer(t testing.TB, s *Server, network string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, s, l)
+	return l.Addr().String()
+}
+
+// serveOn serves s on l until the test ends.
+func serveOn(t testing.TB, s *Server, l net.Listener) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, l) }()
@@ -148,7 +155,6 @@ func startServer(t testing.TB, s *Server, network string) string {
 			t.Errorf("Serve did not return within 10s of its context ending")
 		}
 	})
-	return l.Addr().String()
 }
 
 // simpleServer is a socks5d with the acting chain and no authentication.

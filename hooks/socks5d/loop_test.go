@@ -280,30 +280,20 @@ func plainEcho(t testing.TB) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	testutil.Serve(t, l, func(c net.Conn) {
+		buf := make([]byte, 4096)
 		for {
-			c, err := l.Accept()
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }
 
@@ -1297,25 +1287,6 @@ func TestLoopCurl(t *testing.T) {
 	}
 }
 
-// serveOn serves s on l until the test ends.
-func serveOn(t *testing.T, s *Server, l net.Listener) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Errorf("Serve did not return within 5s of its context ending")
-		}
-	})
-}
-
 func sockAddrPort(sa unix.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
@@ -1442,4 +1413,67 @@ func TestLoopProxychains(t *testing.T) {
 		t.Fatalf("proxychains4 curl %s: exit %d, output %q, stderr %q; want %q", url, code, out, errOut, body)
 	}
 	wantLoop(t, env.rec.flowTo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))))
+}
+
+// Arbitrary bytes from many clients at once, cut at arbitrary points: the
+// loop must answer or hand over each and close it, and keep serving. The
+// inputs are SOCKS5-shaped more often than not, so that every state of the
+// loop's parser sees garbage, not just the first byte.
+func TestLoopArbitraryInput(t *testing.T) {
+	env := newLoopEnv(t, nil)
+	s := &Server{HandshakeTimeout: 2 * time.Second}
+	addr := env.serve(t, s, "tcp")
+	echo := plainEcho(t)
+	rng := rand.New(rand.NewPCG(4, 2))
+	inputs := make([][]byte, 600)
+	for i := range inputs {
+		var b []byte
+		switch rng.IntN(4) {
+		case 0: // noise
+			b = make([]byte, rng.IntN(40))
+			for j := range b {
+				b[j] = byte(rng.IntN(256))
+			}
+		default: // a valid CONNECT with some bytes changed, cut somewhere
+			b = append([]byte{5, 1, 0}, connectReq(echo)...)
+			for range rng.IntN(3) {
+				b[rng.IntN(len(b))] = byte(rng.IntN(256))
+			}
+			b = b[:rng.IntN(len(b)+1)]
+			if rng.IntN(3) == 0 {
+				b = append(b, "ping"...)
+			}
+		}
+		inputs[i] = b
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for _, in := range inputs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write(in)
+			// Done sending: the server sees the end of the input
+			// wherever it is (a relay then ends when the echo does).
+			c.(*net.TCPConn).CloseWrite()
+			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("input % x: %v (want the server to close)", in, err)
+			}
+		}()
+	}
+	wg.Wait()
+	// Still serving, and nothing left behind.
+	r, _ := loopConnect(t, addr, echo)
+	testutil.EchoOnce(t, r.c, "after the noise\n")
+	r.c.Close()
+	waitHeld(t, s, 0, 0)
 }

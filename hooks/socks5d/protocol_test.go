@@ -26,20 +26,10 @@ func whoServer(t testing.TB, network string) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, c.RemoteAddr().String()+"\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	testutil.Serve(t, l, func(c net.Conn) {
+		io.WriteString(c, c.RemoteAddr().String()+"\n")
+		io.Copy(c, c)
+	})
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -49,13 +49,10 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// EchoServer accepts TCP connections on loopback and echoes every byte.
-func EchoServer(t testing.TB) net.Addr {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+// Serve accepts on l until the test ends (and closes l then), running
+// handle for each connection on a goroutine of its own and closing the
+// connection when handle returns.
+func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -65,10 +62,20 @@ func EchoServer(t testing.TB) net.Addr {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
+}
+
+// EchoServer accepts TCP connections on loopback and echoes every byte.
+func EchoServer(t testing.TB) net.Addr {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	Serve(t, l, func(c net.Conn) { io.Copy(c, c) })
 	return l.Addr()
 }
 
