@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The event loop serves the most common request on one thread, with no
-// goroutine per client: no authentication, CONNECT to a literal address,
+// Event loops, one per P, serve the most common request with no goroutine
+// per client: no authentication, CONNECT to a literal address,
 // and a profile that is plain `direct`. Such a flow is two sockets and a
 // splice between them, so the loop does on its own what the general path
 // spreads over three goroutines, the Go poller and the net package's
@@ -109,7 +109,7 @@ type eventLoop struct {
 	refs   []fdRef
 	conns  map[*loopConn]struct{}
 	nextID int32
-	pipes  []loopPipe // free list; the loop's thread is its only user
+	pipes  []loopPipe // free list; the loop's goroutine is its only user
 	// acceptPaused: out of descriptors, accepting stops until this time.
 	acceptPaused time.Time
 	lastSweep    time.Time
@@ -123,8 +123,8 @@ func loopEligible(l net.Listener) bool {
 
 // runLoop takes l over and serves it until ctx ends, with one event loop
 // per CPU the Go runtime uses. The listening socket moves to a descriptor
-// of our own (the Go poller lets go of l), so that its readiness wakes one
-// of these loops only (EPOLLEXCLUSIVE).
+// of our own (the Go poller lets go of l), which every loop watches with
+// EPOLLEXCLUSIVE; whichever accepts a client serves it to the end.
 func (s *Server) runLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup) error {
 	tl := l.(*net.TCPListener)
 	rc, err := tl.SyscallConn()
@@ -334,15 +334,13 @@ func (ev *eventLoop) accept() {
 				return
 			case unix.ECONNABORTED:
 				continue
-			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-				// Level-triggered: stop asking until the sweep, or
-				// the loop would spin on a queue it cannot empty.
-				s.Log.Warn("accept", "listen", ev.local.String(), "err", err)
-				ev.acceptPaused = time.Now().Add(50 * time.Millisecond)
-				ev.setListen(false)
-				return
 			}
-			s.Log.Error("accept", "listen", ev.local.String(), "err", err)
+			// Out of descriptors or memory, or worse. Level-triggered:
+			// stop asking until the sweep, or the loop would spin on a
+			// queue it cannot empty.
+			s.Log.Warn("accept", "listen", ev.local.String(), "err", err)
+			ev.acceptPaused = time.Now().Add(50 * time.Millisecond)
+			ev.setListen(false)
 			return
 		}
 		if s.active.Add(1) > int64(s.MaxConns) {
@@ -487,7 +485,7 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 		if len(b) < 2 || len(b) < 2+int(b[1]) {
 			return true
 		}
-		if b[0] != socksVersion || !offers(b[2:2+int(b[1])], methodNone) {
+		if !offers(b[2:2+int(b[1])], methodNone) {
 			// Not ours to judge: the general path answers it.
 			ev.handOffConn(c, b, false)
 			return false
