@@ -5,11 +5,14 @@
 #
 #   1. TCP throughput: iperf3 made to use each proxy by proxychains4.
 #   2. Short connections: handshake, CONNECT, 64-byte echo, close, many
-#      times over, by bench/cmd/socksload (it speaks SOCKS5 itself, so
-#      every server faces the same client: a Go program cannot be hooked
-#      by proxychains, which replaces libc's connect). A fourth peer here,
-#      "floor", is bench/floor/minsocks.c: a minimal epoll proxy in C that
-#      shows the least CPU per connection any proxy needs on this machine.
+#      times over, by two clients in turn: bench/cmd/socksload, which
+#      speaks SOCKS5 itself (the same Go client for every server, with no
+#      proxychains overhead: a Go program cannot be hooked by proxychains,
+#      which replaces libc's connect), and, as issue 4 words it,
+#      bench/clients/shortc.c, a C client that knows no SOCKS5, hooked by
+#      proxychains4 (table 2b). A fourth peer here, "floor", is
+#      bench/floor/minsocks.c: a minimal epoll proxy in C that shows the
+#      least CPU per connection any proxy needs on this machine.
 #   3. Idle sessions held open: the server's RSS and descriptors per session.
 #
 # Environment:
@@ -27,6 +30,9 @@
 #                    from the short-connection benchmark (default 1)
 #   BENCH_FLOOR      0: leave out the floor peer of the short-connection
 #                    benchmark, bench/floor/minsocks.c built with gcc (default 1)
+#   BENCH_PCSHORT    0: leave out the second short-connection client,
+#                    bench/clients/shortc.c built with gcc and hooked by
+#                    proxychains4 (table 2b); socksload runs either way (default 1)
 #   BENCH_PORT       first of the loopback ports used (default: free ones from 27000)
 #   FUNTUN_BIN       use this binary instead of building ./cmd/funtun
 #   BENCH_CSV        also write the raw results (one line per run) to this file
@@ -43,6 +49,7 @@ sessions=${BENCH_SESSIONS:-5000}
 with_danted=${BENCH_DANTED:-1}
 with_floor=${BENCH_FLOOR:-1}
 with_general=${BENCH_GENERAL:-1}
+with_pcshort=${BENCH_PCSHORT:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=socks5d.sh
 
@@ -65,9 +72,13 @@ done
 wants() { [[ " $only " == *" $1 "* ]]; }
 [[ $with_floor == 0 || $with_floor == 1 ]] || die "BENCH_FLOOR must be 0 or 1"
 [[ $with_general == 0 || $with_general == 1 ]] || die "BENCH_GENERAL must be 0 or 1"
-wants short || { with_floor=0; with_general=0; }
+[[ $with_pcshort == 0 || $with_pcshort == 1 ]] || die "BENCH_PCSHORT must be 0 or 1"
+wants short || { with_floor=0; with_general=0; with_pcshort=0; }
 if [[ $with_floor == 1 ]]; then
 	command -v gcc >/dev/null || die "needs gcc for the floor peer, or BENCH_FLOOR=0"
+fi
+if [[ $with_pcshort == 1 ]]; then
+	command -v gcc >/dev/null || die "needs gcc for the proxychains short-connection client, or BENCH_PCSHORT=0"
 fi
 
 # Each idle session costs the client, the proxy and the echo server one or
@@ -104,6 +115,10 @@ socksload=$work/socksload
 if [[ $with_floor == 1 ]]; then
 	minsocks=$work/minsocks
 	timeout 300 gcc -O2 -Wall -Wextra -o "$minsocks" "$root/bench/floor/minsocks.c"
+fi
+if [[ $with_pcshort == 1 ]]; then
+	shortc=$work/shortc
+	timeout 300 gcc -O2 -Wall -Wextra -o "$shortc" "$root/bench/clients/shortc.c"
 fi
 
 listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
@@ -255,12 +270,12 @@ if wants tput; then
 	iperf_port=$port
 	start iperf3 iperf3 -s -B 127.0.0.1 -p "$iperf_port"
 	wait_listening "$iperf_port"
-	declare -A tput_port tput_group tput_conf
+	declare -A tput_group tput_conf
 	for mode in "${modes[@]}"; do
 		free_port
 		p=$port
 		start_server "$mode" "$p"
-		tput_port[$mode]=$p tput_group[$mode]=$server_group
+		tput_group[$mode]=$server_group
 		tput_conf[$mode]=$(proxychains_conf "$p")
 	done
 	dirs=up
@@ -308,25 +323,66 @@ EOF
 fi
 
 # --- 2. Short connections --------------------------------------------------
+# start_echo NAME: a socksload echo server; sets echo_target to its IP:PORT.
+start_echo() {
+	local i
+	start "$1" "$socksload" echo --listen 127.0.0.1:0
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $work/$1.log ]] && break
+		sleep 0.05
+	done
+	echo_target=$(head -1 "$work/$1.log")
+	[[ -n $echo_target ]] || die "the echo server $1 did not start"
+}
+# danted_oop: how often danted's log has said so far that it ran out of
+# ephemeral ports (see the note under tables 2 and 2b).
+danted_oop() {
+	grep -c "run out of free ports" "$work/danted-${short_port[danted]}.log" || true
+}
+# short_result FILE TAG MODE ROUND TICKS: the result line of one run.
+short_result() {
+	python3 - "$@" "$hz" >>"$results" <<'PY'
+import json, sys
+path, tag, mode, rnd, ticks, hz = sys.argv[1:]
+j = json.load(open(path))
+who = mode if tag == "short" else f"{mode} (proxychains4 + shortc)"
+for s in j.get("error_samples") or []:
+    print(f"{who}: {s}", file=sys.stderr)
+if j.get("timed_out"):
+    print(f"{who}: stopped starting connections at the time limit", file=sys.stderr)
+print(f"{tag} {mode} {rnd} {j['cps']:.1f} {j['p50_ms']:.3f} {j['p99_ms']:.3f} {j['errors']} {j['ok']} {int(ticks)/int(hz):.2f}")
+PY
+}
 if wants short; then
-	declare -A short_port short_target short_group
+	declare -A short_port short_target short_group pc_target pc_conf oop
 	for mode in "${short_modes[@]}"; do
 		# One echo server per peer: each run leaves its connections to the
 		# echo port in TIME_WAIT, and the peers must not share that.
-		start "echo-$mode" "$socksload" echo --listen 127.0.0.1:0
-		grp=$started
-		for ((i = 0; i < 100; i++)); do
-			[[ -s $work/echo-$mode.log ]] && break
-			sleep 0.05
-		done
-		short_target[$mode]=$(head -1 "$work/echo-$mode.log")
-		[[ -n ${short_target[$mode]} ]] || die "the echo server did not start"
+		start_echo "echo-$mode"
+		short_target[$mode]=$echo_target
 		free_port
 		p=$port
 		start_server "$mode" "$p"
 		short_port[$mode]=$p short_group[$mode]=$server_group
+		if [[ $with_pcshort == 1 ]]; then
+			# And one more per peer for the proxychains client, so that
+			# the proxy->echo side of its connections (the proxy's own
+			# sockets, TIME_WAIT on the proxy's side) does not meet
+			# socksload's. The client->proxy side cannot be kept apart
+			# the same way: a bind() to another source address (say
+			# 127.0.0.2) before connect() is lost under proxychains4,
+			# which connects a socket of its own to the proxy and
+			# dup2()s it over the caller's; both clients reach the
+			# proxy from 127.0.0.1, and connect() reuses loopback
+			# TIME_WAIT ports (tcp_tw_reuse) where it must.
+			start_echo "echo-pc-$mode"
+			pc_target[$mode]=$echo_target
+			pc_conf[$mode]=$(proxychains_conf "$p")
+		fi
 	done
-	echo "$me: short connections: $conns per run, $parallel at a time, rounds: $rounds" >&2
+	clients="socksload"
+	[[ $with_pcshort == 1 ]] && clients+=", then shortc under proxychains4"
+	echo "$me: short connections: $conns per run, $parallel at a time, rounds: $rounds, clients: $clients" >&2
 	for ((r = 1; r <= rounds; r++)); do
 		order=("${short_modes[@]}")
 		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
@@ -337,17 +393,31 @@ if wants short; then
 				--conns "$conns" --parallel "$parallel" --payload 64 --max-time 240s >"$work/short.json" ||
 				die "socksload short against $mode failed"
 			after=$(group_ticks "${short_group[$mode]}")
-			python3 - "$work/short.json" "$mode" "$r" $((after - before)) "$hz" >>"$results" <<'EOF'
-import json, sys
-path, mode, rnd, ticks, hz = sys.argv[1:]
-j = json.load(open(path))
-for s in j.get("error_samples") or []:
-    print(f"{mode}: {s}", file=sys.stderr)
-print(f"short {mode} {rnd} {j['cps']:.1f} {j['p50_ms']:.3f} {j['p99_ms']:.3f} {j['errors']} {j['ok']} {int(ticks)/int(hz):.2f}")
-EOF
+			short_result "$work/short.json" short "$mode" "$r" $((after - before))
 			# Let the TIME_WAIT and the servers' close-downs of this run
-			# settle before the next peer's.
+			# settle before the next run.
 			sleep 1
+			if [[ $mode == danted ]]; then
+				n=$(danted_oop)
+				oop[short]=$((${oop[short]:-0} + n - ${oop[seen]:-0})) oop[seen]=$n
+			fi
+			[[ $with_pcshort == 1 ]] || continue
+			# The same load through proxychains4: shortc's connect() is
+			# proxychains' connection to the peer's server, greeting and
+			# CONNECT. shortc's workers are processes: proxychains' state
+			# is not safe for threads (see bench/clients/shortc.c).
+			echo "$me: round $r: short connections $mode, proxychains4 + shortc" >&2
+			before=$(group_ticks "${short_group[$mode]}")
+			timeout 300 proxychains4 -q -f "${pc_conf[$mode]}" "$shortc" -m 180 -t 10 \
+				"${pc_target[$mode]%:*}" "${pc_target[$mode]##*:}" "$conns" "$parallel" >"$work/pcshort.json" ||
+				die "proxychains4 shortc against $mode failed"
+			after=$(group_ticks "${short_group[$mode]}")
+			short_result "$work/pcshort.json" pcshort "$mode" "$r" $((after - before))
+			sleep 1
+			if [[ $mode == danted ]]; then
+				n=$(danted_oop)
+				oop[pcshort]=$((${oop[pcshort]:-0} + n - ${oop[seen]:-0})) oop[seen]=$n
+			fi
 		done
 	done
 	for mode in "${short_modes[@]}"; do stop_group "${short_group[$mode]}"; done
@@ -355,8 +425,9 @@ EOF
 		# danted binds every outgoing socket to its external address before
 		# connecting, so it cannot share ports with TIME_WAIT sockets the
 		# way connect() does: it runs out of ephemeral ports and answers 3.
-		n=$(grep -c "run out of free ports" "$work/danted-${short_port[danted]}.log" || true)
-		echo "note danted_out_of_ports $n" >>"$results"
+		# Counted per client, from the log lines each client's runs added.
+		echo "note danted_out_of_ports short ${oop[short]:-0}" >>"$results"
+		[[ $with_pcshort == 1 ]] && echo "note danted_out_of_ports pcshort ${oop[pcshort]:-0}" >>"$results"
 	fi
 fi
 
@@ -464,11 +535,13 @@ if tput:
                 line += f"  funtun/{peer} {ratio(f, med([x[0] for x in m[peer]])):.2f}"
         print(line)
 
-short = {}
-for _, mode, rnd, cps, p50, p99, errs, ok, cpu in (r for r in rows if r[0] == "short"):
-    short.setdefault(mode, []).append((float(cps), float(p50), float(p99), int(errs), int(ok), float(cpu)))
-if short:
-    print("\n2. Short connections: handshake, CONNECT, 64-byte echo, close (median of rounds; errors summed)")
+def short_table(tag, title):
+    short = {}
+    for _, mode, rnd, cps, p50, p99, errs, ok, cpu in (r for r in rows if r[0] == tag):
+        short.setdefault(mode, []).append((float(cps), float(p50), float(p99), int(errs), int(ok), float(cpu)))
+    if not short:
+        return
+    print(f"\n{title} (median of rounds; errors summed)")
     print(f"{'peer':>14} {'conn/s':>8} {'min':>8} {'max':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/1k conn':>14}")
     for mode in ("funtun", "funtun-general", "microsocks", "danted", "floor"):
         if mode not in short:
@@ -499,9 +572,12 @@ if short:
         if parts:
             print(f"{'':>10} {'  '.join(parts)} (floor: bench/floor/minsocks.c, a reference, no target)")
     for r in rows:
-        if r[0] == "note" and r[1] == "danted_out_of_ports" and int(r[2]) > 0:
-            print(f"{'':>10} danted's errors: its log says {r[2]} times that it could not bind a source port (out of ephemeral ports):")
+        if r[0] == "note" and r[1] == "danted_out_of_ports" and r[2] == tag and int(r[3]) > 0:
+            print(f"{'':>10} danted's errors: its log says {r[3]} times that it could not bind a source port (out of ephemeral ports):")
             print(f"{'':>10} it binds before connect, so ports held by TIME_WAIT sockets are lost to it")
+
+short_table("short", "2. Short connections: handshake, CONNECT, 64-byte echo, close")
+short_table("pcshort", "2b. Short connections with proxychains4 as the client's hook (bench/clients/shortc.c)")
 
 idle = {r[1]: r for r in rows if r[0] == "idle"}
 if idle:
