@@ -592,11 +592,10 @@ if idle:
         f = idle["funtun"]
         kib, fds, socks, pipes = float(f[7]), float(f[8]), float(f[9]), int(f[10])
         ok = f[3] == f[2] and f[4] == f[3]
-        # The general relay's free list keeps at most 64 pipes, each event
-        # loop (one per CPU) at most 8, whatever the number of sessions:
-        # a constant, not a per-session cost.
-        import os
-        pool_fds = 2 * (64 + 8 * (os.cpu_count() or 1))
+        # The relays' shared free list (the event loops' and the general
+        # path's) keeps at most 64 empty pipes whatever the number of
+        # sessions: a constant, not a per-session cost.
+        pool_fds = 2 * 64
         line = (f"{'':>10} funtun: RSS {kib:.2f} KiB/session (target <= 13: {verdict(kib <= 13)}), "
                 f"{socks:.2f} sockets/session + {pipes} pooled pipe fds (target: 2 per session, pool bounded by {pool_fds}: {verdict(socks <= 2 and pipes <= pool_fds)}), "
                 f"all sessions open and alive: {'yes' if ok else 'NO'}")

@@ -125,10 +125,13 @@ func bufferCopy(dst, src net.Conn, count *atomic.Int64) error {
 	}
 }
 
-// pipePair is a kernel pipe used as the splice buffer between two sockets.
-type pipePair struct{ r, w int }
+// Pipe is a kernel pipe used as the splice buffer between two sockets,
+// taken from a shared bounded free list (GetPipe) by every relay, the
+// engine's and a hook's own (socks5d's event loops).
+type Pipe struct{ R, W int }
 
-const pipeSize = 256 << 10
+// PipeSize is what a pooled pipe holds.
+const PipeSize = 256 << 10
 
 // pipes is a bounded free list. Pipes are taken only while bytes are in
 // flight and given back once drained, so an idle flow holds no pipe: a relay
@@ -136,12 +139,13 @@ const pipeSize = 256 << 10
 // run out of files at a few thousand sessions.
 var pipes = struct {
 	sync.Mutex
-	free []pipePair
+	free []Pipe
 }{}
 
 const maxFreePipes = 64
 
-func getPipe() (pipePair, error) {
+// GetPipe takes an empty pipe from the free list, or makes one.
+func GetPipe() (Pipe, error) {
 	pipes.Lock()
 	if n := len(pipes.free); n > 0 {
 		p := pipes.free[n-1]
@@ -152,14 +156,15 @@ func getPipe() (pipePair, error) {
 	pipes.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		return pipePair{}, os.NewSyscallError("pipe2", err)
+		return Pipe{}, os.NewSyscallError("pipe2", err)
 	}
 	// A larger pipe moves more per splice; failure just keeps the default.
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
-	return pipePair{r: fds[0], w: fds[1]}, nil
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, PipeSize)
+	return Pipe{R: fds[0], W: fds[1]}, nil
 }
 
-func putPipe(p pipePair) {
+// Put gives an empty pipe back.
+func (p Pipe) Put() {
 	pipes.Lock()
 	if len(pipes.free) < maxFreePipes {
 		pipes.free = append(pipes.free, p)
@@ -167,14 +172,13 @@ func putPipe(p pipePair) {
 		return
 	}
 	pipes.Unlock()
-	unix.Close(p.r)
-	unix.Close(p.w)
+	p.Close()
 }
 
-// closePipe is for a pipe that may still hold bytes after an error.
-func closePipe(p pipePair) {
-	unix.Close(p.r)
-	unix.Close(p.w)
+// Close is for a pipe that may still hold bytes after an error.
+func (p Pipe) Close() {
+	unix.Close(p.R)
+	unix.Close(p.W)
 }
 
 // spliceCopy moves bytes from src to dst through a pooled pipe with
@@ -190,7 +194,7 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 		return bufferCopy(dst, src, count)
 	}
 	for {
-		var p pipePair
+		var p Pipe
 		var havePipe bool
 		var moved int
 		var serr error
@@ -198,18 +202,18 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 		// returns false, which parks us in the poller holding no pipe.
 		rerr := srcRaw.Read(func(fd uintptr) bool {
 			if !havePipe {
-				p, serr = getPipe()
+				p, serr = GetPipe()
 				if serr != nil {
 					return true
 				}
 				havePipe = true
 			}
-			n, e := unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, e := unix.Splice(int(fd), nil, p.W, nil, PipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			if e == unix.EINTR {
 				return false
 			}
 			if e == unix.EAGAIN {
-				putPipe(p)
+				p.Put()
 				havePipe = false
 				return false
 			}
@@ -221,18 +225,18 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 		}
 		if rerr != nil {
 			if havePipe {
-				putPipe(p)
+				p.Put()
 			}
 			return rerr
 		}
 		if moved == 0 { // end of stream
-			putPipe(p)
+			p.Put()
 			return nil
 		}
 		left := moved
 		werr := dstRaw.Write(func(fd uintptr) bool {
 			for left > 0 {
-				n, e := unix.Splice(p.r, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				n, e := unix.Splice(p.R, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 				if e == unix.EINTR {
 					continue
 				}
@@ -254,10 +258,10 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 			count.Add(int64(moved - left))
 		}
 		if werr != nil {
-			closePipe(p)
+			p.Close()
 			return werr
 		}
-		putPipe(p)
+		p.Put()
 	}
 }
 
@@ -269,20 +273,15 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 // built into every kernel and allowed to unprivileged users, unlike cubic.
 // Sockets to other hosts keep the administrator's choice.
 func unpaceLoopback(c *net.TCPConn) {
-	if !systemPaces() {
-		return
-	}
 	ra, ok := c.RemoteAddr().(*net.TCPAddr)
-	if !ok || !ra.IP.IsLoopback() {
+	if !ok || !ra.IP.IsLoopback() || !systemPaces() {
 		return
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
-	rc.Control(func(fd uintptr) {
-		unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
-	})
+	rc.Control(func(fd uintptr) { UnpaceFD(int(fd), ra.AddrPort().Addr()) })
 }
 
 // UnpaceFD is unpaceLoopback for a raw socket of a hook that manages its

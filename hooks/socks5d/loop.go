@@ -71,12 +71,10 @@ const (
 
 // loopDir is one direction of a relay.
 type loopDir struct {
-	pipe    loopPipe
+	pipe    funnel.Pipe
 	pending int  // bytes in pipe not yet written
 	eof     bool // the source ended and the destination was shut for writing
 }
-
-type loopPipe struct{ r, w int }
 
 type handshakeBuf struct {
 	n   int
@@ -85,11 +83,7 @@ type handshakeBuf struct {
 
 var handshakeBufs = sync.Pool{New: func() any { return new(handshakeBuf) }}
 
-const (
-	loopPipeSize = 256 << 10
-	maxLoopPipes = 8
-	bulkSplice   = 32 << 10 // one splice this large makes a flow bulk
-)
+const bulkSplice = 32 << 10 // one splice this large makes a flow bulk
 
 // fdRef says which connection and which of its sockets a descriptor is.
 type fdRef struct {
@@ -109,7 +103,6 @@ type eventLoop struct {
 	refs   []fdRef
 	conns  map[*loopConn]struct{}
 	nextID int32
-	pipes  []loopPipe // free list; the loop's goroutine is its only user
 	// acceptPaused: out of descriptors, accepting stops until this time.
 	acceptPaused time.Time
 	lastSweep    time.Time
@@ -212,11 +205,6 @@ func (ev *eventLoop) close() {
 	for c := range ev.conns {
 		ev.finish(c, nil)
 	}
-	for _, p := range ev.pipes {
-		unix.Close(p.r)
-		unix.Close(p.w)
-	}
-	ev.pipes = nil
 	if ev.ep >= 0 {
 		unix.Close(ev.ep)
 	}
@@ -763,22 +751,22 @@ func (ev *eventLoop) updateMasks(c *loopConn) {
 // whether c is still alive.
 func (ev *eventLoop) pump(c *loopConn, d int) bool {
 	src, dst := c.ends(d)
-	p, err := ev.getPipe()
+	p, err := funnel.GetPipe()
 	if err != nil {
 		ev.finish(c, err)
 		return false
 	}
-	n, err := sysSplice(src, p.w, loopPipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	n, err := sysSplice(src, p.W, funnel.PipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
-		ev.putPipe(p)
+		p.Put()
 		return true
 	case err != nil:
-		ev.putPipe(p)
+		p.Put()
 		ev.finish(c, endErr(os.NewSyscallError("splice", err)))
 		return false
 	case n == 0:
-		ev.putPipe(p)
+		p.Put()
 		c.dirs[d].eof = true
 		if c.dirs[d^1].eof {
 			return true // both ended: finish closes both
@@ -801,7 +789,7 @@ func (ev *eventLoop) flush(c *loopConn, d int) bool {
 	_, dst := c.ends(d)
 	dir := &c.dirs[d]
 	for dir.pending > 0 {
-		n, err := sysSplice(dir.pipe.r, dst, dir.pending, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(dir.pipe.R, dst, dir.pending, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err == unix.EINTR {
 			continue
 		}
@@ -815,8 +803,8 @@ func (ev *eventLoop) flush(c *loopConn, d int) bool {
 		dir.pending -= int(n)
 		ev.count(c, d, n)
 	}
-	ev.putPipe(dir.pipe)
-	dir.pipe = loopPipe{}
+	dir.pipe.Put()
+	dir.pipe = funnel.Pipe{}
 	return true
 }
 
@@ -838,32 +826,6 @@ func endErr(err error) error {
 	return err
 }
 
-func (ev *eventLoop) getPipe() (loopPipe, error) {
-	if n := len(ev.pipes); n > 0 {
-		p := ev.pipes[n-1]
-		ev.pipes = ev.pipes[:n-1]
-		return p, nil
-	}
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		return loopPipe{}, os.NewSyscallError("pipe2", err)
-	}
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, loopPipeSize)
-	return loopPipe{r: fds[0], w: fds[1]}, nil
-}
-
-// putPipe keeps an empty pipe for the next splice, up to a bound: a pipe
-// is held only while bytes are in it, so an idle flow holds none, and one
-// thread needs few at hand.
-func (ev *eventLoop) putPipe(p loopPipe) {
-	if len(ev.pipes) < maxLoopPipes {
-		ev.pipes = append(ev.pipes, p)
-		return
-	}
-	unix.Close(p.r)
-	unix.Close(p.w)
-}
-
 // finish ends c: closes its sockets, ends its flow.
 func (ev *eventLoop) finish(c *loopConn, err error) {
 	if _, ok := ev.conns[c]; !ok {
@@ -879,8 +841,7 @@ func (ev *eventLoop) finish(c *loopConn, err error) {
 	for d := range c.dirs {
 		if c.dirs[d].pending > 0 {
 			// Bytes that will never be written: the pipe goes too.
-			sysClose(c.dirs[d].pipe.r)
-			sysClose(c.dirs[d].pipe.w)
+			c.dirs[d].pipe.Close()
 		}
 	}
 	if c.hs != nil {
