@@ -15,7 +15,7 @@ all: build
 build: bin/funtun bin/libfuntun.so
 
 bin/funtun: $(GOFILES) go.mod
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/funtun
+	$(GO) build -buildvcs=auto -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/funtun
 
 # The LD_PRELOAD library; built only once preload/ has C sources.
 bin/libfuntun.so: $(CFILES)

@@ -93,6 +93,9 @@ func dialChain(tb testing.TB) funnel.DgramConn {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if err := set.Open(); err != nil {
+		tb.Fatal(err)
+	}
 	pl, _ := set.Profile("bench")
 	f := funnel.NewFlow("bench", funnel.UDP, funnel.MakeAddr("127.0.0.1", 9))
 	f.Source = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
@@ -102,11 +105,7 @@ func dialChain(tb testing.TB) funnel.DgramConn {
 	}
 	tb.Cleanup(func() {
 		dc.Close()
-		for _, p := range pl.Pieces() {
-			if c, ok := p.(funnel.Closer); ok {
-				c.Close()
-			}
-		}
+		set.Retire()
 	})
 	return dc
 }

@@ -106,28 +106,61 @@ func (c *Catalog) Sources() ([]Source, error) {
 	return out, errors.Join(errs...)
 }
 
-// Load compiles every profile and makes the result current. A reload is
-// atomic: on any error the current set stays, and the error names every
-// problem. The first load has nothing to keep, so it makes the profiles
-// that compiled current and still returns the error: the caller decides
-// whether a broken profile it does not use is a warning (see Resolve, which
-// repeats a broken profile's error when asked for it).
+// Load compiles every profile, opens the new set's pieces (Opener: the set
+// goes live) and makes it current. A reload is atomic: on any error, in
+// compiling or in opening, the current set stays, and the error names every
+// problem; a set that does not compile opens nothing. The new set opens
+// before the old one is retired, so a resource both use (a capture file)
+// passes from one to the other without being reopened. The first load has
+// nothing to keep, so it makes the profiles that compiled and opened
+// current and still returns the error: the caller decides whether a broken
+// profile it does not use is a warning (see Resolve, which repeats a broken
+// profile's error when asked for it).
 func (c *Catalog) Load() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	set, err := c.Compile()
+	old := c.cur.Load()
+	if old != nil {
+		if err == nil {
+			err = set.Open()
+		}
+		if err != nil {
+			set.closePieces()
+			return err
+		}
+		set.carryChains(old)
+		c.cur.Store(set)
+		old.Retire()
+		return nil
+	}
+	err = errors.Join(err, set.openLenient())
+	c.cur.Store(set)
+	return err
+}
+
+// carryChains compiles and opens in s, before old is retired, the inline
+// chains old has been asked for: a hook that runs chain='pcap file=X'
+// keeps appending to X across a reload instead of truncating it on its
+// next flow. A chain that no longer compiles or opens is left for its next
+// flow to report.
+func (s *Set) carryChains(old *Set) {
+	old.chains.Range(func(k, v any) bool {
+		if _, ok := v.(*Pipeline); ok {
+			s.Chain(k.(string))
+		}
+		return true
+	})
+}
+
+// Compile compiles every profile as Load does, but only that: the set is
+// not made current and none of its pieces opens (see Opener), so nothing
+// outside the process changes. For commands that look and do not run
+// (`funtun profiles show`).
+func (c *Catalog) Compile() (*Set, error) {
 	srcs, srcErr := c.Sources()
 	set, err := CompileSet(srcs)
-	err = errors.Join(srcErr, err)
-	old := c.cur.Load()
-	if err != nil && old != nil {
-		set.closePieces()
-		return err
-	}
-	c.cur.Store(set)
-	if old != nil {
-		old.retire()
-	}
-	return err
+	return set, errors.Join(srcErr, err)
 }
 
 // Current is the set in force.
@@ -179,7 +212,12 @@ func TakeSelector(args []string) (Selector, []string, error) {
 
 // Resolve finds the pipeline a selector names in the current set.
 func (c *Catalog) Resolve(sel Selector) (*Pipeline, error) {
-	set := c.Current()
+	return c.ResolveIn(c.Current(), sel)
+}
+
+// ResolveIn finds the pipeline a selector names in set: the current one,
+// or one from Compile. An inline chain opens only if set is live.
+func (c *Catalog) ResolveIn(set *Set, sel Selector) (*Pipeline, error) {
 	if set == nil {
 		return nil, fmt.Errorf("no profiles loaded")
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,17 @@ type Pipeline struct {
 	top    ShapeSet
 	refs   []*ProfileRef
 	set    *Set
+	live   bool   // its pieces are open (Opener); guarded by set.mu
+	closed bool   // guarded by set.mu
+	text   string // the chain's text, for an inline chain
+}
+
+// selector names the pipeline again, in another set.
+func (pl *Pipeline) selector() Selector {
+	if pl.Origin == "chain" && pl.Name == "chain" {
+		return Selector{Chain: pl.text}
+	}
+	return Selector{Profile: pl.Name}
 }
 
 type link struct {
@@ -141,15 +151,6 @@ func (pl *Pipeline) String() string {
 	return strings.Join(parts, " | ")
 }
 
-// Handoff is returned by a terminal piece instead of a connection when the
-// flow asked for it (Flow.Handoff) and the profile leaves the bytes alone:
-// the hook then connects the application's own socket to Addr and no relay
-// runs at all.
-type Handoff struct {
-	net.Conn // always nil; only here so Handoff can travel as a net.Conn
-	Addr     netip.AddrPort
-}
-
 // ProfileRef is a reference from one profile to another (route), resolved
 // within the same compiled set so that a reload swaps both together.
 type ProfileRef struct {
@@ -176,7 +177,10 @@ type Set struct {
 	chains   sync.Map // inline chain text -> *Pipeline or error
 	active   atomic.Int64
 	retired  atomic.Bool
-	once     sync.Once
+
+	mu     sync.Mutex // guards live, closed, and opening and closing pieces
+	live   bool       // its pieces are open: it went live (Open)
+	closed bool       // its pieces are closed: it is done
 }
 
 type builder struct {
@@ -218,8 +222,14 @@ func CompileSet(sources []Source) (*Set, error) {
 		s.profiles[name] = pl
 	}
 	errs = append(errs, s.checkLoops()...)
-	// A profile that routes to a broken one is broken too; repeat until
-	// nothing changes, since breakage travels along chains of references.
+	s.dropReferrers()
+	return s, errors.Join(errs...)
+}
+
+// dropReferrers breaks every profile that routes to a broken one; it
+// repeats until nothing changes, since breakage travels along chains of
+// references.
+func (s *Set) dropReferrers() {
 	for changed := true; changed; {
 		changed = false
 		for _, name := range s.order {
@@ -232,16 +242,13 @@ func CompileSet(sources []Source) (*Set, error) {
 					err := fmt.Errorf("%s: profile %s refers to profile %s, which is broken: %w", s.sources[name].Origin, name, r.Name, cause)
 					s.broken[name] = err
 					delete(s.profiles, name)
-					for _, p := range pl.pieces {
-						closePiece(p)
-					}
+					pl.close()
 					changed = true
 					break
 				}
 			}
 		}
 	}
-	return s, errors.Join(errs...)
 }
 
 // Broken returns the compile error of a profile that failed, if it did.
@@ -283,22 +290,50 @@ func (s *Set) checkLoops() []error {
 }
 
 // Chain compiles an inline chain against this set (so route can name the
-// set's profiles); the result is cached per set.
+// set's profiles); the result is cached per set. On a live set the chain's
+// pieces open here, when it is first resolved (Opener), and close with the
+// set's other pieces; a chain that fails to open is not kept, so the next
+// flow tries again. On a set that only compiles (profiles show) nothing
+// opens.
 func (s *Set) Chain(text string) (*Pipeline, error) {
 	if v, ok := s.chains.Load(text); ok {
-		if err, isErr := v.(error); isErr {
-			return nil, err
-		}
-		return v.(*Pipeline), nil
+		return chainResult(v)
 	}
 	// No loop check needed: no profile can refer back to an inline chain.
 	pl, err := compile(s, "chain", "chain", "chain", text)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.chains.Load(text); ok {
+		// Another flow compiled it meanwhile: keep one, opened once.
+		if pl != nil {
+			pl.close()
+		}
+		return chainResult(v)
+	}
 	if err != nil {
 		s.chains.Store(text, err)
 		return nil, err
 	}
+	switch {
+	case s.closed:
+		// The set has ended (a flow resolved it just before a reload):
+		// nothing opens in it any more, as in its profiles.
+		pl.close()
+	case s.live:
+		if err := pl.open(); err != nil {
+			pl.close()
+			return nil, err
+		}
+	}
 	s.chains.Store(text, pl)
 	return pl, nil
+}
+
+func chainResult(v any) (*Pipeline, error) {
+	if err, isErr := v.(error); isErr {
+		return nil, err
+	}
+	return v.(*Pipeline), nil
 }
 
 // Profile finds a compiled profile by name.
@@ -318,7 +353,7 @@ func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	pl := &Pipeline{Name: name, Origin: origin, set: s}
+	pl := &Pipeline{Name: name, Origin: origin, set: s, text: text}
 	b := &builder{set: s, sources: s.sources, pl: pl}
 	build := func(spec PieceSpec) (Piece, error) {
 		info, ok := Lookup(spec.Name)
@@ -342,6 +377,10 @@ func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
 			closePiece(p)
 			return nil, &PosError{spec.Pos, err.Error()}
 		}
+		if err := checkDeclared(info, p); err != nil {
+			closePiece(p)
+			return nil, &PosError{spec.Pos, err.Error()}
+		}
 		return p, nil
 	}
 	fail := func(err error) (*Pipeline, error) {
@@ -358,7 +397,8 @@ func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
 		pl.pieces = append(pl.pieces, p)
 		pl.Specs = append(pl.Specs, spec)
 	}
-	// A chain whose last piece needs a network below it ends in direct.
+	// A chain whose last piece needs a network below it ends in the
+	// piece registered as the network's end (direct).
 	last := pl.pieces[len(pl.pieces)-1]
 	needsNet := false
 	for _, c := range last.Curves() {
@@ -368,10 +408,14 @@ func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
 	}
 	if needsNet {
 		end := Pos{File: file, Line: specs[len(specs)-1].Pos.Line, Col: specs[len(specs)-1].Pos.Col}
-		spec := PieceSpec{Name: "direct", Pos: end}
+		endName, ok := networkEnd()
+		if !ok {
+			return fail(&PosError{end, "the chain needs a network below its last piece, and no piece that ends chains is built in"})
+		}
+		spec := PieceSpec{Name: endName, Pos: end}
 		p, err := build(spec)
 		if err != nil {
-			return fail(&PosError{end, "the chain needs a network below its last piece, and no `direct` piece is built in"})
+			return fail(err)
 		}
 		pl.pieces = append(pl.pieces, p)
 		pl.Specs = append(pl.Specs, spec)
@@ -441,19 +485,35 @@ func knownPieces() string {
 	return strings.Join(names, ", ")
 }
 
+// closePiece gives back what a piece that never went live holds: a piece
+// built and then dropped (a compile error, a set that never went live). An
+// Opener holds nothing before Open, so only a piece with Close and no Open
+// has anything to close then.
 func closePiece(p Piece) {
+	if _, ok := p.(Opener); ok {
+		return
+	}
 	if c, ok := p.(Closer); ok {
 		c.Close()
 	}
 }
 
-// PlainDirect reports whether the pipeline is `direct` alone, without
-// parameters: its flows end in one connect(2) to exactly the address asked
-// for, so a hook may make that connection itself on a fast path (the
-// preload library's own connect, socks5d's event loop) and still do what
-// the profile says.
-func (pl *Pipeline) PlainDirect() bool {
-	return len(pl.Specs) == 1 && pl.Specs[0].Name == "direct" && len(pl.Specs[0].Params) == 0
+// KernelDial reports whether every flow of the pipeline ends in one
+// connect(2) of a kernel socket to exactly the address asked for, and how
+// that socket is to be made: a hook may then make the connection itself on
+// a fast path (the engine's event loops, the preload library's own
+// connect) and still do what the profile says. It holds for a pipeline
+// of one piece that declares so (KernelDialer); the engine learns the dial
+// policy from that piece, never from a copy of its defaults.
+func (pl *Pipeline) KernelDial() (DialPolicy, bool) {
+	if len(pl.pieces) != 1 {
+		return DialPolicy{}, false
+	}
+	kd, ok := pl.pieces[0].(KernelDialer)
+	if !ok {
+		return DialPolicy{}, false
+	}
+	return kd.KernelDial()
 }
 
 // Hold marks a flow as using this pipeline's set; call the returned func
@@ -468,27 +528,196 @@ func (pl *Pipeline) Hold() (release func()) {
 	}
 }
 
-func (s *Set) retire() {
+// tryHold is Hold, unless the set has closed (a reload retired it between
+// the flow's Resolve and now): then it holds nothing and says so.
+func (pl *Pipeline) tryHold() (release func(), ok bool) {
+	s := pl.set
+	release = pl.Hold()
+	if !s.retired.Load() {
+		return release, true
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		release()
+		return nil, false
+	}
+	return release, true
+}
+
+// Open makes the set live: every profile's pieces open (Opener), app side
+// first. Catalog.Load does this for each set it swaps in; a program or test
+// that compiles a set itself (CompileSet) calls it before the set carries
+// flows, and Retire when done. If a piece fails to open, the pieces
+// already opened close again, the set stays not live, and the error (a
+// *PosError) names the profile's file, line and the piece. Opening a live
+// set again does nothing. Inline chains compiled before Open are dropped
+// (building them held nothing) and compiled again, opened, when asked for.
+func (s *Set) Open() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("this set of profiles is closed; compile it again")
+	}
+	if s.live {
+		return nil
+	}
+	for _, name := range s.order {
+		pl := s.profiles[name]
+		if pl == nil {
+			continue
+		}
+		if err := pl.open(); err != nil {
+			for _, n := range s.order {
+				if q := s.profiles[n]; q != nil {
+					q.unopen()
+				}
+			}
+			return err
+		}
+	}
+	s.goLive()
+	return nil
+}
+
+// openLenient is Open for a first load, which has no set to keep: a
+// profile whose piece fails to open is left out like one that does not
+// compile (asking for it by name repeats the error), with every profile
+// that routes to it; the others go live. The error lists the failures.
+func (s *Set) openLenient() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.live {
+		return nil
+	}
+	var errs []error
+	for _, name := range s.order {
+		pl := s.profiles[name]
+		if pl == nil {
+			continue
+		}
+		if err := pl.open(); err != nil {
+			errs = append(errs, err)
+			s.broken[name] = err
+			delete(s.profiles, name)
+			pl.close()
+		}
+	}
+	s.dropReferrers()
+	s.goLive()
+	return errors.Join(errs...)
+}
+
+// goLive marks the set live; chains compiled while it was not are dropped
+// so that they open when next asked for. Called with s.mu held.
+func (s *Set) goLive() {
+	s.live = true
+	s.chains.Range(func(k, v any) bool {
+		if pl, ok := v.(*Pipeline); ok {
+			pl.close()
+		}
+		s.chains.Delete(k)
+		return true
+	})
+}
+
+// Retire ends the set: its pieces close after its last flow (Hold), at
+// once if no flow holds it. A Catalog retires the set a reload replaces.
+func (s *Set) Retire() {
 	s.retired.Store(true)
 	if s.active.Load() == 0 {
 		s.closePieces()
 	}
 }
 
+// closePieces closes every piece of the set once: all that opened if the
+// set went live, else only what building held (closePiece).
 func (s *Set) closePieces() {
-	s.once.Do(func() {
-		for _, pl := range s.profiles {
-			for _, p := range pl.pieces {
-				closePiece(p)
-			}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.active.Load() != 0 {
+		// Held again since the caller looked (tryHold): the last
+		// release closes it.
+		return
+	}
+	s.closed = true
+	for _, name := range s.order {
+		if pl := s.profiles[name]; pl != nil {
+			pl.close()
 		}
-		s.chains.Range(func(_, v any) bool {
-			if pl, ok := v.(*Pipeline); ok {
-				for _, p := range pl.pieces {
-					closePiece(p)
+	}
+	s.chains.Range(func(_, v any) bool {
+		if pl, ok := v.(*Pipeline); ok {
+			pl.close()
+		}
+		return true
+	})
+}
+
+// open opens the pipeline's pieces, app side first. On failure it closes
+// those it opened and returns a *PosError naming the piece and its place.
+// Called with set.mu held (or on a pipeline no one else sees yet).
+func (pl *Pipeline) open() error {
+	if pl.live || pl.closed {
+		return nil
+	}
+	for i, p := range pl.pieces {
+		o, ok := p.(Opener)
+		if !ok {
+			continue
+		}
+		if err := o.Open(); err != nil {
+			for _, q := range pl.pieces[:i] {
+				if _, ok := q.(Opener); ok {
+					closeOpened(q)
 				}
 			}
-			return true
-		})
-	})
+			var pe *PosError
+			if errors.As(err, &pe) {
+				return err
+			}
+			spec := pl.Specs[i]
+			return &PosError{spec.Pos, fmt.Sprintf("piece %q: %v", spec.Name, err)}
+		}
+	}
+	pl.live = true
+	return nil
+}
+
+// unopen closes what open opened, leaving the pipeline as built: a set
+// that failed to go live undoes the profiles it had opened.
+func (pl *Pipeline) unopen() {
+	if !pl.live {
+		return
+	}
+	for _, p := range pl.pieces {
+		if _, ok := p.(Opener); ok {
+			closeOpened(p)
+		}
+	}
+	pl.live = false
+}
+
+// close gives back everything the pipeline's pieces hold, once: every
+// Closer if it went live, else what building held.
+func (pl *Pipeline) close() {
+	if pl.closed {
+		return
+	}
+	pl.closed = true
+	for _, p := range pl.pieces {
+		if pl.live {
+			closeOpened(p)
+		} else {
+			closePiece(p)
+		}
+	}
+	pl.live = false
+}
+
+func closeOpened(p Piece) {
+	if c, ok := p.(Closer); ok {
+		c.Close()
+	}
 }

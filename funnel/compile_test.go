@@ -3,10 +3,13 @@ package funnel_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/fstest"
@@ -37,6 +40,8 @@ func (p *fakePiece) Close() error {
 }
 
 var fakeCloses atomic.Int32
+
+var testEngine = &funnel.Engine{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 
 func init() {
 	reg := func(name string, curves ...funnel.Curve) {
@@ -322,13 +327,234 @@ func TestHandoffOnlyThroughTransparentPieces(t *testing.T) {
 		}
 		f := funnel.NewFlow("t", funnel.TCP, funnel.MakeAddr("127.0.0.1", 9))
 		f.Handoff = true
-		c, err := pl.DialStream(context.Background(), f)
-		_, handed := c.(*funnel.Handoff)
+		r := testEngine.Begin(f, pl)
+		up, err := r.DialStream(context.Background())
+		handed := up.HandedOff()
 		if handed != want {
 			t.Errorf("%s: handed off %v (err %v), want %v", chain, handed, err, want)
 		}
-		if c != nil && !handed {
-			c.Close()
+		if handed && up.Handoff.String() != "127.0.0.1:9" {
+			t.Errorf("%s: handed off to %v, want 127.0.0.1:9", chain, up.Handoff)
 		}
+		if up.Conn != nil {
+			up.Conn.Close()
+		}
+		r.End(err)
+	}
+}
+
+// resProbe is a piece with a resource, as pcap is: it counts opens and
+// closes per tag, refuses flows while it is not open, and fails to open
+// when built with fail=true.
+type resProbe struct {
+	tag  string
+	fail bool
+	open bool
+}
+
+var probes = struct {
+	sync.Mutex
+	open, opens, badCloses map[string]int
+}{open: map[string]int{}, opens: map[string]int{}, badCloses: map[string]int{}}
+
+func probeCount(m map[string]int, tag string) int {
+	probes.Lock()
+	defer probes.Unlock()
+	return m[tag]
+}
+
+var resCurves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
+
+func (p *resProbe) Curves() []funnel.Curve { return resCurves }
+func (p *resProbe) Open() error {
+	if p.fail {
+		return errors.New("cannot open the probe's file")
+	}
+	probes.Lock()
+	defer probes.Unlock()
+	p.open = true
+	probes.open[p.tag]++
+	probes.opens[p.tag]++
+	return nil
+}
+func (p *resProbe) Close() error {
+	probes.Lock()
+	defer probes.Unlock()
+	if !p.open {
+		probes.badCloses[p.tag]++
+		return nil
+	}
+	p.open = false
+	probes.open[p.tag]--
+	return nil
+}
+func (p *resProbe) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
+	return next.DialStream(ctx, f)
+}
+func (p *resProbe) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next) (funnel.DgramConn, error) {
+	return next.DialDgram(ctx, f)
+}
+
+var (
+	_ funnel.Opener = (*resProbe)(nil)
+	_ funnel.Closer = (*resProbe)(nil)
+)
+
+func init() {
+	funnel.Register(funnel.PieceInfo{Name: "t-res", Curves: resCurves, New: func(p *funnel.Params, b funnel.Builder) (funnel.Piece, error) {
+		fail, err := p.Bool("fail", false)
+		if err != nil {
+			return nil, err
+		}
+		return &resProbe{tag: p.String("tag", ""), fail: fail}, nil
+	}})
+	// t-liar declares fewer curves than it carries.
+	funnel.Register(funnel.PieceInfo{Name: "t-liar", Curves: resCurves[:1], New: func(*funnel.Params, funnel.Builder) (funnel.Piece, error) {
+		return &resProbe{}, nil
+	}})
+}
+
+// Compiling a set, resolving a chain in it and dropping it open nothing.
+func TestCompilingOpensNothing(t *testing.T) {
+	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "p.profile", Text: "t-res tag=c1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := set.Chain("t-res tag=c1-chain"); err != nil {
+		t.Fatal(err)
+	}
+	c := &funnel.Catalog{Builtins: fstest.MapFS{"q.profile": {Data: []byte("t-res tag=c1-cat")}}}
+	cset, err := c.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ResolveIn(cset, funnel.Selector{Chain: "t-res tag=c1-cat-chain"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Current() != nil {
+		t.Error("Catalog.Compile made its set current")
+	}
+	set.Retire()
+	cset.Retire()
+	for _, tag := range []string{"c1", "c1-chain", "c1-cat", "c1-cat-chain"} {
+		if n := probeCount(probes.opens, tag); n != 0 {
+			t.Errorf("%s: opened %d times by compiling", tag, n)
+		}
+		if n := probeCount(probes.badCloses, tag); n != 0 {
+			t.Errorf("%s: closed %d times without being opened", tag, n)
+		}
+	}
+}
+
+// A set's pieces open when it goes live, and a set whose piece fails to
+// open does not go live: the old one stays, and the error names the place.
+// A retired set closes its pieces, inline chains included, after its last
+// flow.
+func TestGoLiveOpensAndReloadKeepsOldOnOpenError(t *testing.T) {
+	dir := t.TempDir()
+	writeProfile(t, dir, "a", "t-res tag=A1")
+	c := &funnel.Catalog{Dirs: []string{dir}, Builtins: fstest.MapFS{"direct.profile": {Data: []byte("direct")}}}
+	if err := c.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if n := probeCount(probes.open, "A1"); n != 1 {
+		t.Fatalf("A1 is open %d times after the first load, want 1", n)
+	}
+	old, err := c.Resolve(funnel.Selector{Profile: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := old.Hold()
+	for range 3 {
+		if _, err := c.Resolve(funnel.Selector{Chain: "t-res tag=CH1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, all := probeCount(probes.open, "CH1"), probeCount(probes.opens, "CH1"); n != 1 || all != 1 {
+		t.Fatalf("an inline chain on a live set: open %d, opened %d times; want 1 and 1", n, all)
+	}
+	if _, err := c.Resolve(funnel.Selector{Chain: "t-res tag=CH2 fail=true"}); err == nil || !strings.Contains(err.Error(), `chain:1:1: piece "t-res": cannot open`) {
+		t.Errorf("a chain that fails to open: %v", err)
+	}
+
+	writeProfile(t, dir, "a", "t-res tag=A2")
+	writeProfile(t, dir, "b", "t-res tag=B2 fail=true")
+	err = c.Load()
+	var pe *funnel.PosError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), filepath.Join(dir, "b.profile")+`:1:1: piece "t-res": cannot open the probe's file`) {
+		t.Fatalf("reload whose piece fails to open: %v (want a *PosError naming b.profile:1:1)", err)
+	}
+	if pl, _ := c.Resolve(funnel.Selector{Profile: "a"}); pl != old {
+		t.Fatal("a reload whose piece failed to open replaced the profiles in force")
+	}
+	if n := probeCount(probes.open, "A2"); n != 0 {
+		t.Errorf("the failed set left A2 open (%d)", n)
+	}
+	if n := probeCount(probes.open, "A1"); n != 1 {
+		t.Errorf("the set in force lost A1 (open %d)", n)
+	}
+
+	writeProfile(t, dir, "b", "t-res tag=B3")
+	writeProfile(t, dir, "a", "t-res tag=A3")
+	if err := c.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if probeCount(probes.open, "A3") != 1 || probeCount(probes.open, "B3") != 1 {
+		t.Fatal("the new set's pieces are not open")
+	}
+	// The inline chain is carried over: the new set opened its own
+	// before the old one was retired.
+	if probeCount(probes.open, "A1") != 1 || probeCount(probes.open, "CH1") != 2 {
+		t.Fatalf("after the reload: A1 open %d, CH1 open %d; want the old set's still open (1, and 2 with the new set's)",
+			probeCount(probes.open, "A1"), probeCount(probes.open, "CH1"))
+	}
+	release()
+	if n, m := probeCount(probes.open, "A1"), probeCount(probes.open, "CH1"); n != 0 || m != 1 {
+		t.Fatalf("after the old set's last flow: A1 open %d, CH1 open %d; want 0 and the new set's 1", n, m)
+	}
+	if _, err := c.Resolve(funnel.Selector{Chain: "t-res tag=CH1"}); err != nil || probeCount(probes.opens, "CH1") != 2 {
+		t.Fatalf("the carried chain: %v, opened %d times in all, want 2", err, probeCount(probes.opens, "CH1"))
+	}
+	for _, tag := range []string{"A1", "A2", "A3", "B3", "CH1", "CH2"} {
+		if n := probeCount(probes.badCloses, tag); n != 0 {
+			t.Errorf("%s: closed %d times without being open", tag, n)
+		}
+	}
+}
+
+// At startup a profile whose piece fails to open is left out like a broken
+// one, with the profiles that route to it; the others go live.
+func TestFirstLoadLeavesOutProfilesThatFailToOpen(t *testing.T) {
+	dir := t.TempDir()
+	writeProfile(t, dir, "good", "t-res tag=G")
+	writeProfile(t, dir, "bad", "t-res tag=X fail=true")
+	writeProfile(t, dir, "via", "t-res tag=V | t-end ref=bad")
+	c := &funnel.Catalog{Dirs: []string{dir}}
+	err := c.Load()
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "bad.profile")+`:1:1: piece "t-res": cannot open`) {
+		t.Fatalf("first load: %v", err)
+	}
+	if c.Current() == nil {
+		t.Fatal("nothing went live")
+	}
+	if _, err := c.Resolve(funnel.Selector{Profile: "good"}); err != nil || probeCount(probes.open, "G") != 1 {
+		t.Fatalf("good profile: %v, open %d", err, probeCount(probes.open, "G"))
+	}
+	if _, err := c.Resolve(funnel.Selector{Profile: "bad"}); err == nil || !strings.Contains(err.Error(), "cannot open the probe's file") {
+		t.Errorf("asking for the profile that failed to open: %v", err)
+	}
+	if _, err := c.Resolve(funnel.Selector{Profile: "via"}); err == nil || !strings.Contains(err.Error(), "refers to profile bad") {
+		t.Errorf("asking for a profile that routes to it: %v", err)
+	}
+	if n := probeCount(probes.open, "V"); n != 0 {
+		t.Errorf("the profile left out keeps its piece open (%d)", n)
+	}
+}
+
+// The compiler holds a piece to the curves its registration declares.
+func TestUndeclaredCurveRefused(t *testing.T) {
+	_, err := compileOne(t, "t-liar")
+	if err == nil || !strings.Contains(err.Error(), `p.profile:1:1: piece "t-liar" carries dgram→dgram, which its registration (PieceInfo.Curves) does not declare`) {
+		t.Errorf("got %v", err)
 	}
 }

@@ -51,10 +51,9 @@ func (e *Engine) NewFlow(hook string, network Network, dest Addr) *Flow {
 	return f
 }
 
-// ServeStream carries an outgoing stream flow: it dials through the
-// pipeline, then relays between client and the chain until both sides end.
-// The flow is logged once at its end. The returned error is the dial error
-// (for the hook to report in its own language), or the relay's.
+// ServeStream carries an outgoing stream flow from begin to end: it dials
+// through the pipeline, then relays between client and the chain. The
+// returned error is the dial error or the relay's.
 func (e *Engine) ServeStream(ctx context.Context, f *Flow, pl *Pipeline, client net.Conn) error {
 	done := make(chan error, 1)
 	e.ServeStreamAsync(ctx, f, pl, client, func(err error) { done <- err })
@@ -62,48 +61,42 @@ func (e *Engine) ServeStream(ctx context.Context, f *Flow, pl *Pipeline, client 
 }
 
 // ServeStreamAsync is ServeStream that returns once the relay runs, so the
-// caller's goroutine (and the stack it grew while dialing) can end: an idle
-// flow then costs its two relay goroutines and nothing else. done is called
-// once, when the flow has ended and been logged.
+// caller's goroutine (and the stack it grew while dialing) can end. done is
+// called once, when the flow has ended and been logged.
 func (e *Engine) ServeStreamAsync(ctx context.Context, f *Flow, pl *Pipeline, client net.Conn, done func(error)) {
-	release := pl.Hold()
-	up, err := pl.DialStream(ctx, f)
+	r := e.Begin(f, pl)
+	up, err := r.DialStream(ctx)
+	if err == nil && up.Conn == nil {
+		err = Errorf(KindGeneral, "profile %s answered a handoff nobody asked for", pl.Name)
+	}
 	if err != nil {
 		client.Close()
-		e.End(f, err)
-		release()
+		r.End(err)
 		done(err)
 		return
 	}
-	RelayAsync(client, up, f.Up, f.Down, func(err error) {
-		e.End(f, err)
-		release()
-		done(err)
-	})
+	r.Relay(ctx, client, up.Conn, RelayOptions{Done: done})
 }
 
 // ServeInbound carries an incoming stream flow: netConn came from the
 // network, travels up through the pieces (a TLS server, say), and is relayed
 // to the application that dialApp reaches.
 func (e *Engine) ServeInbound(ctx context.Context, f *Flow, pl *Pipeline, netConn net.Conn, dialApp func(context.Context) (net.Conn, error)) error {
-	release := pl.Hold()
-	defer release()
-	appSide, err := pl.AcceptStream(ctx, f, netConn)
+	r := e.Begin(f, pl)
+	appSide, err := r.AcceptStream(ctx, netConn)
 	if err != nil {
 		netConn.Close()
-		e.End(f, err)
+		r.End(err)
 		return err
 	}
 	app, err := dialApp(ctx)
 	if err != nil {
 		appSide.Close()
-		e.End(f, err)
+		r.End(err)
 		return err
 	}
 	// Up is app toward network: here the application is the local server.
-	err = Relay(app, appSide, f.Up, f.Down)
-	e.End(f, err)
-	return err
+	return r.RelayWait(ctx, app, appSide, RelayOptions{})
 }
 
 // End writes the one log line of a flow.

@@ -172,3 +172,6 @@ func (p *Params) unused() *Param {
 	}
 	return nil
 }
+
+// Len is how many parameters were given (none known or unknown marked).
+func (p *Params) Len() int { return len(p.list) }

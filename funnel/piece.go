@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Piece is one configured Puzzle Piece in a compiled profile. Curves says
@@ -59,10 +62,36 @@ func isTransparent(p Piece) bool {
 }
 
 // Closer is implemented by pieces that hold resources for the whole profile
-// (an open pcap file, a shared token bucket); a reload closes the old set
-// once its flows are done with it.
+// (an open pcap file); a reload closes the old set once its flows are done
+// with it. See Opener for when Close is called.
 type Closer interface {
 	Close() error
+}
+
+// Opener is implemented by pieces that hold resources for the whole set
+// (a capture file, a socket, a listener). The contract, which keeps
+// `funtun profiles check`, `funtun pieces`, `funtun profiles show` and a
+// reload that fails free of side effects:
+//
+//   - Building a piece (its Factory) parses and validates only: it may read
+//     a file (a hosts table, a certificate) and check that a path could be
+//     written (access(2)), but it opens nothing long-lived, creates and
+//     truncates nothing, and binds nothing.
+//   - Open runs once, when the compiled set goes live: when a Catalog swaps
+//     it in (Catalog.Load, Set.Open), or, for an inline chain='…' compiled
+//     lazily against a live set (Set.Chain), when that chain is first
+//     resolved (or, on a reload, when the new set takes over the chains
+//     of the old). A set that only compiles (profiles check, profiles
+//     show) is never opened.
+//   - If Open fails, the set does not go live: a reload keeps the old set
+//     and reports the error with the profile's FILE:LINE:COL and the piece
+//     (a *PosError); the first load leaves that profile out, like one that
+//     does not compile. The pieces of the set already opened are closed.
+//   - Close (Closer) runs once after the last flow of that set has ended
+//     (Pipeline.Hold), and only for pieces whose Open succeeded; a piece
+//     with Close but no Open counts as open from when it is built.
+type Opener interface {
+	Open() error
 }
 
 // Factory makes a configured piece from its parameters. It must consume
@@ -83,10 +112,17 @@ type PieceInfo struct {
 	Summary string // one line
 	Params  string // one parameter a line: "sni=NAME  server name to send"
 	// Example is parameters that build the piece, for pieces that need
-	// some ("from=hello to=HOWDY"); `funtun pieces NAME` shows it and
-	// builds the piece from it to show its shapes.
+	// some ("from=hello to=HOWDY"); `funtun pieces NAME` shows it.
 	Example string
-	New     Factory
+	// Curves declares the piece's shapes without building it, for
+	// `funtun pieces NAME` and docs. When parameters choose among curves,
+	// it is their union; the compiler uses the built piece's Curves() and
+	// refuses one that is not declared here (when Curves is set).
+	Curves []Curve
+	// EndsChains marks the piece that a chain whose last piece needs a
+	// network below it ends in implicitly (direct); one piece declares it.
+	EndsChains bool
+	New        Factory
 }
 
 var (
@@ -101,6 +137,11 @@ func Register(info PieceInfo) {
 	if _, dup := registry[info.Name]; dup {
 		panic("funnel: piece registered twice: " + info.Name)
 	}
+	if info.EndsChains {
+		if name, ok := networkEndLocked(); ok {
+			panic("funnel: pieces " + name + " and " + info.Name + " both declare EndsChains")
+		}
+	}
 	registry[info.Name] = info
 }
 
@@ -110,6 +151,22 @@ func Lookup(name string) (PieceInfo, bool) {
 	defer registryMu.RUnlock()
 	i, ok := registry[name]
 	return i, ok
+}
+
+// networkEnd names the piece that ends chains implicitly.
+func networkEnd() (string, bool) {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return networkEndLocked()
+}
+
+func networkEndLocked() (string, bool) {
+	for name, i := range registry {
+		if i.EndsChains {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // Pieces lists the registered pieces by name.
@@ -140,4 +197,47 @@ func checkImplements(name string, p Piece) error {
 		}
 	}
 	return nil
+}
+
+// checkDeclared is the guard that keeps PieceInfo.Curves true: every curve
+// of the built piece must be one its registration declares.
+func checkDeclared(info PieceInfo, p Piece) error {
+	if len(info.Curves) == 0 {
+		return nil
+	}
+	for _, c := range p.Curves() {
+		if !slices.Contains(info.Curves, c) {
+			return fmt.Errorf("piece %q carries %s→%s, which its registration (PieceInfo.Curves) does not declare", info.Name, c.App, c.Net)
+		}
+	}
+	return nil
+}
+
+// KernelDialer is implemented by a terminal piece whose stream flows are
+// one connect(2) of a kernel socket to exactly the flow's destination when
+// that is an address (direct). It says how it makes that socket, so that
+// the engine's fast path (and a hook's: the preload library connects the
+// program's own socket) can make the same connection without a goroutine,
+// and without knowing the piece. ok is false when the piece is configured
+// in a way the fast path cannot copy.
+type KernelDialer interface {
+	KernelDial() (policy DialPolicy, ok bool)
+}
+
+// DialPolicy is how a KernelDialer makes its sockets.
+type DialPolicy struct {
+	Timeout   time.Duration // connect timeout; 0 is the kernel's own
+	KeepAlive time.Duration // TCP keepalive idle and interval; 0 turns it off
+	// KeepAliveLoopback keeps keepalive on loopback destinations too
+	// (nothing between here and a local server drops idle connections).
+	KeepAliveLoopback bool
+	Source            netip.Addr // local address to bind first, if valid
+	Mark              int        // SO_MARK, if not 0
+	// ErrPrefix starts the piece's dial errors ("direct"), so the fast
+	// path's errors read as the piece's own.
+	ErrPrefix string
+	// Plain says the piece has nothing configured of its own, so that a
+	// connect(2) of the application's own socket, made without any
+	// options, stands in for it (the preload library's fast path).
+	Plain bool
 }

@@ -9,7 +9,7 @@ pkgs=(
   "microsocks:microsocks" "proxychains4:proxychains4" "tsocks:tsocks"
   "dnsutils:dig" "nodejs:node" "python3-socks:/usr/lib/python3/dist-packages/socks.py"
   "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
-  "nftables:nft" "strace:strace"
+  "nftables:nft" "strace:strace" "haproxy:haproxy"
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -30,7 +30,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Package installs may start daemons we only want as test peers.
-for svc in danted tinyproxy; do
+for svc in danted tinyproxy haproxy; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO pkill -x "$svc" >/dev/null 2>&1 || true
 done
 echo "test-deps: done"

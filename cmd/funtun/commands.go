@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/funtun/funtun/funnel"
@@ -33,14 +34,19 @@ func init() {
 		},
 	})
 	cli.Register(&cli.Command{
-		Name: "version", Summary: "print the version",
-		Usage: "funtun version",
+		Name: "version", Summary: "print the version and the source revision it was built from",
+		Usage: versionUsage,
 		Run: func(ctx context.Context, env *cli.Env, args []string) int {
-			if len(args) > 0 {
-				fmt.Fprintln(env.Stdout, "funtun version\n\nPrints the version.")
+			if wantsHelp(args) {
+				fmt.Fprintln(env.Stdout, versionUsage)
 				return 0
 			}
-			fmt.Fprintln(env.Stdout, "funtun", version)
+			if len(args) > 0 {
+				return env.Usagef("version", "takes no arguments")
+			}
+			for _, l := range versionLines() {
+				fmt.Fprintln(env.Stdout, l)
+			}
 			return 0
 		},
 	})
@@ -59,6 +65,45 @@ funtun profiles check [FILE…]          compile every profile (or the given fil
 	})
 }
 
+const versionUsage = `funtun version
+funtun --version
+
+Prints the version (what make set with -X main.version, else the module's
+version), then what the Go toolchain recorded at build time: the module,
+the VCS revision and its time, whether the work tree had uncommitted
+changes (modified), and the Go version.`
+
+// versionLines reads the build information the Go toolchain embeds
+// (runtime/debug.ReadBuildInfo): the VCS settings are there when the binary
+// was built from a git work tree.
+func versionLines() []string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return []string{"funtun " + v, "(no build information in this binary)"}
+	}
+	if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		v = info.Main.Version
+	}
+	lines := []string{"funtun " + v, fmt.Sprintf("module   %s %s", info.Main.Path, info.Main.Version)}
+	vcs := map[string]string{}
+	for _, s := range info.Settings {
+		vcs[s.Key] = s.Value
+	}
+	if r := vcs["vcs.revision"]; r != "" {
+		lines = append(lines, "revision "+r)
+		if t := vcs["vcs.time"]; t != "" {
+			lines = append(lines, "time     "+t)
+		}
+		if m := vcs["vcs.modified"]; m != "" {
+			lines = append(lines, "modified "+m)
+		}
+	} else {
+		lines = append(lines, "revision unknown (not built from a git work tree, or built with -buildvcs=false)")
+	}
+	return append(lines, "go       "+info.GoVersion)
+}
+
 func wantsHelp(args []string) bool {
 	for _, a := range args {
 		if a == "-h" || a == "--help" || a == "-help" {
@@ -66,54 +111,6 @@ func wantsHelp(args []string) bool {
 		}
 	}
 	return false
-}
-
-func runPieces(ctx context.Context, env *cli.Env, args []string) int {
-	c, _ := cli.Lookup("pieces")
-	if wantsHelp(args) {
-		fmt.Fprintln(env.Stdout, c.Usage)
-		return 0
-	}
-	if len(args) == 0 {
-		for _, p := range funnel.Pieces() {
-			fmt.Fprintf(env.Stdout, "%-13s %s\n", p.Name, p.Summary)
-		}
-		return 0
-	}
-	p, ok := funnel.Lookup(args[0])
-	if !ok {
-		return env.Errorf("pieces", "no piece named %q (run `funtun pieces` for the list)", args[0])
-	}
-	fmt.Fprintf(env.Stdout, "%s — %s\n", p.Name, p.Summary)
-	params := funnel.NewParams(p.Name)
-	if p.Example != "" {
-		fmt.Fprintf(env.Stdout, "example: %s %s\n", p.Name, p.Example)
-		if specs, err := funnel.ParseChain("example", p.Name+" "+p.Example); err == nil && len(specs) == 1 {
-			params = funnel.ParamsOf(specs[0])
-		}
-	}
-	if piece, err := p.New(params, nil); err == nil {
-		var cs []string
-		for _, c := range piece.Curves() {
-			net := string(c.Net)
-			if c.Also != "" {
-				net += "+" + string(c.Also)
-			}
-			cs = append(cs, fmt.Sprintf("%s→%s", c.App, net))
-		}
-		fmt.Fprintf(env.Stdout, "shapes (app→net): %s\n", strings.Join(cs, ", "))
-		if cl, ok := piece.(funnel.Closer); ok {
-			cl.Close()
-		}
-	}
-	if p.Params != "" {
-		fmt.Fprintln(env.Stdout, "\nParameters:")
-		for _, line := range strings.Split(p.Params, "\n") {
-			fmt.Fprintln(env.Stdout, "  "+line)
-		}
-	}
-	fmt.Fprintf(env.Stdout, "\nSee docs/pieces/%s.md for examples.\n", p.Name)
-	return 0
 }
 
 func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
@@ -150,10 +147,13 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 		} else if len(rest) > 0 || sel == (funnel.Selector{}) {
 			return env.Usagef("profiles", "show takes one profile name or chain='…'")
 		}
-		if err := cat.Load(); err != nil {
+		// Compile only: showing a profile must not open its files
+		// (funnel.Opener), so the set never goes live.
+		set, err := cat.Compile()
+		if err != nil {
 			return env.Errorf("profiles", "%v", err)
 		}
-		pl, err := cat.Resolve(sel)
+		pl, err := cat.ResolveIn(set, sel)
 		if err != nil {
 			return env.Errorf("profiles", "%v", err)
 		}
@@ -166,7 +166,9 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 }
 
 // checkProfiles compiles the catalog, plus any named files as if they were
-// in the user's directory, and prints every error.
+// in the user's directory, and prints every error. It only compiles: the
+// set never goes live, so no piece opens anything (funnel.Opener) and a
+// capture file of a running daemon stays as it is.
 func checkProfiles(env *cli.Env, cat *funnel.Catalog, files []string) int {
 	srcs, err := cat.Sources()
 	if err != nil {

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/testutil"
 )
 
@@ -92,6 +95,86 @@ func TestPiecesCommand(t *testing.T) {
 	out, code = funtun(t, env, "pieces", "nosuch")
 	if code != 1 || !strings.Contains(out, `no piece named "nosuch"`) {
 		t.Errorf("pieces nosuch: exit %d\n%s", code, out)
+	}
+	// pcap cannot be built without file=; its shapes come from its
+	// registration, not from a built piece.
+	out, code = funtun(t, env, "pieces", "pcap")
+	if code != 0 || !strings.Contains(out, "shapes (app→net): stream→stream, dgram→dgram") {
+		t.Errorf("pieces pcap: exit %d\n%s", code, out)
+	}
+}
+
+// Every piece declares its curves at registration, and a piece built from
+// its example carries no curve it did not declare (the declaration is the
+// union of what parameters can choose).
+func TestEveryPieceDeclaresCurves(t *testing.T) {
+	infos := funnel.Pieces()
+	if len(infos) < 10 {
+		t.Fatalf("only %d pieces registered", len(infos))
+	}
+	for _, info := range infos {
+		if len(info.Curves) == 0 {
+			t.Errorf("piece %s declares no curves (funnel.PieceInfo.Curves)", info.Name)
+			continue
+		}
+		params := funnel.NewParams(info.Name)
+		if info.Example != "" {
+			specs, err := funnel.ParseChain("example", info.Name+" "+info.Example)
+			if err != nil || len(specs) != 1 {
+				t.Errorf("piece %s: example %q does not parse: %v", info.Name, info.Example, err)
+				continue
+			}
+			params = funnel.ParamsOf(specs[0])
+		}
+		p, err := info.New(params, nil)
+		if err != nil {
+			t.Errorf("piece %s does not build from its example %q: %v", info.Name, info.Example, err)
+			continue
+		}
+		for _, c := range p.Curves() {
+			if !slices.Contains(info.Curves, c) {
+				t.Errorf("piece %s carries %s→%s, which its registration does not declare", info.Name, c.App, c.Net)
+			}
+		}
+	}
+}
+
+// `funtun profiles check`, `profiles show` and `pieces` only compile: a
+// capture file that a running daemon writes stays byte for byte as it was,
+// and one that does not exist is not created.
+func TestLookingTouchesNothing(t *testing.T) {
+	dir, env := testutil.ProfileDir(t)
+	caps := t.TempDir()
+	running := filepath.Join(caps, "running.pcap")
+	precious := []byte("a running daemon's capture, not to be wiped\n")
+	if err := os.WriteFile(running, precious, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fresh := filepath.Join(caps, "new.pcap")
+	os.WriteFile(filepath.Join(dir, "cap.profile"), []byte("pcap file="+running+"\n"), 0o644)
+	extra := filepath.Join(t.TempDir(), "extra.profile")
+	os.WriteFile(extra, []byte("pcap file="+fresh+"\n"), 0o644)
+	check := func(what string) {
+		t.Helper()
+		if got, err := os.ReadFile(running); err != nil || !bytes.Equal(got, precious) {
+			t.Fatalf("%s changed %s: %q %v", what, running, got, err)
+		}
+		if _, err := os.Stat(fresh); err == nil {
+			t.Fatalf("%s created %s", what, fresh)
+		}
+	}
+	for _, args := range [][]string{
+		{"profiles", "check"},
+		{"profiles", "check", extra},
+		{"profiles", "show", "cap"},
+		{"profiles", "show", "chain=pcap file=" + fresh},
+		{"pieces", "pcap"},
+	} {
+		out, code := funtun(t, env, args...)
+		if code != 0 {
+			t.Fatalf("funtun %s: exit %d\n%s", strings.Join(args, " "), code, out)
+		}
+		check("funtun " + strings.Join(args, " "))
 	}
 }
 

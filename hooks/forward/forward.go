@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -39,6 +38,7 @@ func init() {
 		Summary: "accept on a local address and forward each connection through a profile",
 		Usage:   usage,
 		Run:     run,
+		Daemon:  true, // --pprof
 	})
 }
 
@@ -126,31 +126,28 @@ func unwrapSyscall(err error) error {
 	return err
 }
 
-// ServeTCP accepts until ctx ends or the listener fails.
+// ServeTCP accepts until ctx ends or the listener fails. With a profile
+// the engine dials itself (plain direct) and an address to go to, the
+// engine's event loops serve every connection without a goroutine of its
+// own; anything else takes serveConn.
 func (fw *Forwarder) ServeTCP(ctx context.Context, l net.Listener) error {
-	go func() {
-		<-ctx.Done()
-		l.Close()
-	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				fw.Log.Warn("accept", "err", err)
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		wg.Add(1)
-		go fw.serveConn(ctx, c, wg.Done)
-	}
+	return fw.Engine.ServeListener(ctx, l, funnel.FastListener{
+		Hook:    "forward",
+		Resolve: func() (*funnel.Pipeline, error) { return fw.Engine.Resolve(fw.Selector) },
+		Admit: func(netip.AddrPort) funnel.Admission {
+			wg.Add(1)
+			return funnel.AdmitLoop
+		},
+		Finished:    wg.Done,
+		Dest:        fw.To.AddrPort(),
+		GeneralOnly: fw.Inbound || fw.To.IsName(),
+		General: func(ctx context.Context, h funnel.Handover) {
+			fw.serveConn(ctx, h.Conn, wg.Done)
+		},
+		Log: fw.Log,
+	})
 }
 
 // serveConn carries one accepted connection and calls finished when its
@@ -182,6 +179,7 @@ func (fw *Forwarder) serveConn(ctx context.Context, c net.Conn, finished func())
 
 // udpSession is one source's datagram flow.
 type udpSession struct {
+	run  *funnel.Run
 	conn funnel.DgramConn
 	flow *funnel.Flow
 	last time.Time
@@ -267,12 +265,13 @@ func (fw *Forwarder) openUDP(ctx context.Context, src netip.AddrPort) (*udpSessi
 	}
 	f := fw.Engine.NewFlow("forward", funnel.UDP, fw.To)
 	f.Source = net.UDPAddrFromAddrPort(src)
-	c, err := pl.DialDgram(ctx, f)
+	r := fw.Engine.Begin(f, pl)
+	c, err := r.DialDgram(ctx)
 	if err != nil {
-		fw.Engine.End(f, err)
+		r.End(err)
 		return nil, err
 	}
-	return &udpSession{conn: c, flow: f, last: time.Now()}, nil
+	return &udpSession{run: r, conn: c, flow: f, last: time.Now()}, nil
 }
 
 // pumpBack returns the chain's datagrams to the source until the session
@@ -302,5 +301,5 @@ func (fw *Forwarder) pumpBack(pc *net.UDPConn, src netip.AddrPort, s *udpSession
 		}
 	}
 	s.conn.Close()
-	fw.Engine.End(s.flow, err)
+	s.run.End(err)
 }

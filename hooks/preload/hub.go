@@ -1,13 +1,17 @@
 package preload
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/funtun/funtun/internal/netx"
 )
 
 // relayHub is the loopback listener that the program's sockets are
@@ -35,23 +39,25 @@ type earlyConn struct {
 
 // relayHubs are made on first use and live as long as the process.
 type relayHubs struct {
+	log    *slog.Logger
 	mu     sync.Mutex
 	v4, v6 *relayHub
 	err4   error
 }
 
-func newRelayHub(network string, ip net.IP) (*relayHub, error) {
+func newRelayHub(network string, ip net.IP, log *slog.Logger) (*relayHub, error) {
 	ln, err := net.ListenTCP(network, &net.TCPAddr{IP: ip})
 	if err != nil {
 		return nil, err
 	}
 	h := &relayHub{
 		ln:      ln,
-		addr:    unmapped(ln.Addr().(*net.TCPAddr).AddrPort()),
+		addr:    netx.AddrPortOf(ln.Addr()),
 		waiting: map[netip.AddrPort]chan net.Conn{},
 		early:   map[netip.AddrPort]earlyConn{},
 	}
-	go h.acceptLoop()
+	// The hub serves as long as the process lives: no context ends it.
+	go netx.AcceptLoop(context.Background(), ln, h.arrived, log)
 	return h, nil
 }
 
@@ -62,7 +68,7 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 	defer hs.mu.Unlock()
 	if family == unix.AF_INET6 {
 		if hs.v6 == nil {
-			hs.v6, _ = newRelayHub("tcp6", net.IPv6loopback)
+			hs.v6, _ = newRelayHub("tcp6", net.IPv6loopback, hs.log)
 		}
 		if hs.v6 != nil {
 			return hs.v6, unixSockaddr(hs.v6.addr, unix.AF_INET6), nil
@@ -70,7 +76,7 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 		// No IPv6 on loopback: a dual-stack socket reaches the IPv4 hub.
 	}
 	if hs.v4 == nil && hs.err4 == nil {
-		hs.v4, hs.err4 = newRelayHub("tcp4", net.IPv4(127, 0, 0, 1))
+		hs.v4, hs.err4 = newRelayHub("tcp4", net.IPv4(127, 0, 0, 1), hs.log)
 	}
 	if hs.err4 != nil {
 		return nil, nil, hs.err4
@@ -82,51 +88,42 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 	return hs.v4, sa, nil
 }
 
-func (h *relayHub) acceptLoop() {
-	for {
-		c, err := h.ln.AcceptTCP()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			return
-		}
-		from := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
-		h.mu.Lock()
-		if ch, ok := h.waiting[from]; ok {
-			delete(h.waiting, from)
-			h.mu.Unlock()
-			ch <- c
-			continue
-		}
-		// Not registered yet, or nobody's: keep it a while. Stale ones go.
-		now := time.Now()
-		for k, e := range h.early {
-			if now.Sub(e.when) > relayAcceptWait {
-				e.c.Close()
-				delete(h.early, k)
-			}
-		}
-		if old, ok := h.early[from]; ok {
-			old.c.Close()
-		}
-		if len(h.early) >= maxEarly {
-			// Far more than programs connecting at once: someone else is
-			// knocking on the port.
-			h.mu.Unlock()
-			c.Close()
-			continue
-		}
-		h.early[from] = earlyConn{c: c, when: now}
+// arrived matches a connection to the flow waiting for it, or keeps it
+// until that flow registers.
+func (h *relayHub) arrived(c net.Conn) {
+	from := netx.AddrPortOf(c.RemoteAddr())
+	h.mu.Lock()
+	if ch, ok := h.waiting[from]; ok {
+		delete(h.waiting, from)
 		h.mu.Unlock()
+		ch <- c
+		return
 	}
+	// Not registered yet, or nobody's: keep it a while. Stale ones go.
+	now := time.Now()
+	for k, e := range h.early {
+		if now.Sub(e.when) > relayAcceptWait {
+			e.c.Close()
+			delete(h.early, k)
+		}
+	}
+	if old, ok := h.early[from]; ok {
+		old.c.Close()
+	}
+	if len(h.early) >= maxEarly {
+		// Far more than programs connecting at once: someone else is
+		// knocking on the port.
+		h.mu.Unlock()
+		c.Close()
+		return
+	}
+	h.early[from] = earlyConn{c: c, when: now}
+	h.mu.Unlock()
 }
 
 // take waits for the connection from the program's socket at from.
 func (h *relayHub) take(from netip.AddrPort) (net.Conn, error) {
-	from = unmapped(from)
+	from = netx.Unmap(from)
 	h.mu.Lock()
 	if e, ok := h.early[from]; ok {
 		delete(h.early, from)

@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,10 +41,6 @@ type publicListener struct {
 }
 
 func (pl *publicListener) close() { pl.once.Do(func() { pl.ln.Close() }) }
-
-func unmapped(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
 
 // hasAcceptor: does any piece act on incoming streams?
 func hasAcceptor(pl *funnel.Pipeline) bool {
@@ -101,7 +97,7 @@ func (s *Server) listen(ctx context.Context, p *peer, req request, fd int, resp 
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	publ := &publicListener{ln: ln, public: unmapped(public), hidden: unmapped(hidden), family: family, peer: p}
+	publ := &publicListener{ln: ln, public: netx.Unmap(public), hidden: netx.Unmap(hidden), family: family, peer: p}
 	s.inbound.mu.Lock()
 	if old := s.inbound.listeners[publ.hidden]; old != nil {
 		old.close()
@@ -114,23 +110,13 @@ func (s *Server) listen(ctx context.Context, p *peer, req request, fd int, resp 
 	resp.setAddr2(rawSockaddr(public, family))
 }
 
+// acceptLoop takes the program's connections until ctx ends or the
+// listener is given up (unlisten closes it).
 func (s *Server) acceptLoop(ctx context.Context, publ *publicListener) {
 	defer publ.close()
-	go func() {
-		<-ctx.Done()
-		publ.close()
-	}()
-	for {
-		c, err := publ.ln.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return
-		}
-		go s.serveIncoming(ctx, publ, c)
+	err := netx.AcceptLoop(ctx, publ.ln, func(c net.Conn) { go s.serveIncoming(ctx, publ, c) }, s.Log)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		s.Log.Warn("preload: no longer accepting for the program", "pid", publ.peer.pid, "addr", publ.public.String(), "err", err)
 	}
 }
 
@@ -140,8 +126,8 @@ func (s *Server) serveIncoming(ctx context.Context, publ *publicListener, c net.
 		c.Close()
 		return
 	}
-	client := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
-	public := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
+	client := netx.AddrPortOf(c.RemoteAddr())
+	public := netx.AddrPortOf(c.LocalAddr())
 	f := s.newFlow(publ.peer, funnel.TCP, funnel.Addr{IP: public.Addr(), Port: public.Port()})
 	f.Source = c.RemoteAddr()
 	info := acceptedInfo{client: rawSockaddr(client, publ.family), public: rawSockaddr(public, publ.family)}
@@ -193,7 +179,7 @@ func dialHidden(hidden netip.AddrPort, register func(netip.AddrPort)) (net.Conn,
 		unix.Close(fd)
 		return nil, os.NewSyscallError("getsockname", err)
 	}
-	register(unmapped(ap))
+	register(netx.Unmap(ap))
 	if err := unix.Connect(fd, unixSockaddr(hidden, family)); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("connect", err)
@@ -212,10 +198,11 @@ func (s *Server) accepted(req request, resp *response) {
 		resp.setErr(int32(unix.EINVAL))
 		return
 	}
+	ap = netx.Unmap(ap)
 	s.inbound.mu.Lock()
-	info, found := s.inbound.pending[unmapped(ap)]
+	info, found := s.inbound.pending[ap]
 	if found {
-		delete(s.inbound.pending, unmapped(ap))
+		delete(s.inbound.pending, ap)
 	}
 	s.inbound.mu.Unlock()
 	if !found {
@@ -234,7 +221,7 @@ func (s *Server) unlisten(req request, resp *response) {
 		resp.setErr(int32(unix.EINVAL))
 		return
 	}
-	ap = unmapped(ap)
+	ap = netx.Unmap(ap)
 	var hidden []netip.AddrPort
 	if req.Arg == 1 {
 		s.inbound.mu.Lock()

@@ -3,6 +3,7 @@ package preload
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,10 +28,14 @@ const relayAcceptWait = 30 * time.Second
 // destination in req through the profile. The result is what connect()
 // returns in the program: 0, EINPROGRESS, or the errno of the failure;
 // plain says the profile is plain direct, so the library may connect
-// literal addresses itself for a while (see funnel.Pipeline.PlainDirect).
+// literal addresses itself for a while (see funnel.Pipeline.KernelDial).
 func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) (errno unix.Errno, plain bool) {
 	errno, pl := s.connectVia(ctx, p, req, fd)
-	return errno, pl != nil && pl.PlainDirect()
+	if pl == nil {
+		return errno, false
+	}
+	pol, ok := pl.KernelDial()
+	return errno, ok && pol.Plain
 }
 
 // connectFailed logs a connect the library made itself on the plain-direct
@@ -124,69 +129,66 @@ type handoffTarget struct {
 }
 
 func (s *Server) connectStream(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {
-	release := pl.Hold()
+	r := s.Engine.Begin(f, pl)
 	f.Handoff = true
-	conn, err := pl.DialStream(ctx, f)
+	up, err := r.DialStream(ctx)
 	if err != nil {
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		return errnoOf(err)
 	}
-	if h, ok := conn.(*funnel.Handoff); ok {
-		if sa, ok := socketAddr(fd, family, h.Addr, asked); ok {
+	if up.HandedOff() {
+		if sa, ok := socketAddr(fd, family, up.Handoff, asked); ok {
 			errno := connectFD(fd, sa)
-			release()
-			s.endHandoff(f, fd, errno)
+			s.endHandoff(r, fd, errno)
 			return errno
 		}
 		// The program's socket cannot reach that family (an IPv4 socket,
 		// an IPv6-only destination): carry the flow through a relay.
 		f.Handoff = false
-		if conn, err = pl.DialStream(ctx, f); err != nil {
-			release()
-			s.Engine.End(f, err)
+		if up, err = r.DialStream(ctx); err != nil {
+			r.End(err)
 			return errnoOf(err)
 		}
 	}
+	conn := up.Conn
+	fail := func(err error) {
+		conn.Close()
+		r.End(err)
+	}
 	hub, sa, err := s.hubs.hub(fd, family)
 	if err != nil {
-		conn.Close()
-		release()
-		s.Engine.End(f, err)
+		fail(err)
 		return unix.EIO
 	}
 	errno := connectFD(fd, sa)
 	if errno != 0 && errno != unix.EINPROGRESS {
-		conn.Close()
-		release()
-		s.Engine.End(f, errno)
+		fail(errno)
 		return errno
 	}
 	local, err := unix.Getsockname(fd)
 	from, ok := addrPortOf(local)
 	if err != nil || !ok {
-		conn.Close()
-		release()
-		s.Engine.End(f, err)
+		fail(err)
 		return unix.EIO
 	}
 	f.Source = net.TCPAddrFromAddrPort(from)
 	go func() {
-		defer release()
 		app, err := hub.take(from)
 		if err != nil {
-			conn.Close()
-			s.Engine.End(f, err)
+			fail(err)
 			return
 		}
-		s.Engine.End(f, funnel.Relay(app, conn, f.Up, f.Down))
+		// Returns at once: two kernel sockets (a socks5 upstream after
+		// its handshake, say) relay on the engine's event loops.
+		r.Relay(ctx, app, conn, funnel.RelayOptions{})
 	}()
 	return errno
 }
 
 // endHandoff logs a handed-off flow: there is no relay, so this is all
 // there is to say about it.
-func (s *Server) endHandoff(f *funnel.Flow, fd int, errno unix.Errno) {
+func (s *Server) endHandoff(r *funnel.Run, fd int, errno unix.Errno) {
+	f := r.Flow
 	failed := errno != 0 && errno != unix.EINPROGRESS
 	// The source is for the log line only: skip the system call when no
 	// line will be written (the launcher logs failed flows only).
@@ -198,19 +200,23 @@ func (s *Server) endHandoff(f *funnel.Flow, fd int, errno unix.Errno) {
 		}
 	}
 	if failed {
-		s.Engine.End(f, errno)
+		r.End(errno)
 		return
 	}
-	s.Engine.End(f, nil)
+	r.End(nil)
 }
 
 func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {
-	release := pl.Hold()
-	dg, err := pl.DialDgram(ctx, f)
+	r := s.Engine.Begin(f, pl)
+	dg, err := r.DialDgram(ctx)
 	if err != nil {
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		return errnoOf(err)
+	}
+	fail := func(err error, c io.Closer) {
+		c.Close()
+		dg.Close()
+		r.End(err)
 	}
 	// When what comes back is direct's own kernel socket, no piece touches
 	// the datagrams: connect the program's socket to the same place and
@@ -220,8 +226,7 @@ func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pi
 			if sa, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
 				u.Close()
 				errno := connectFD(fd, sa)
-				release()
-				s.endHandoff(f, fd, errno)
+				s.endHandoff(r, fd, errno)
 				return errno
 			}
 		}
@@ -229,41 +234,31 @@ func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pi
 	rc, sa, err := loopbackUDP(fd, family)
 	if err != nil {
 		dg.Close()
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		return errnoOf(err)
 	}
 	errno := connectFD(fd, sa)
 	if errno != 0 {
-		rc.Close()
-		dg.Close()
-		release()
-		s.Engine.End(f, errno)
+		fail(errno, rc)
 		return errno
 	}
 	local, err := unix.Getsockname(fd)
 	app, ok := addrPortOf(local)
 	if err != nil || !ok {
-		rc.Close()
-		dg.Close()
-		release()
+		fail(err, rc)
 		return unix.EIO
 	}
 	// Our relay socket takes datagrams from the program's socket only.
 	if err := connectConn(rc, app); err != nil {
-		rc.Close()
-		dg.Close()
-		release()
-		s.Engine.End(f, err)
+		fail(err, rc)
 		return errnoOf(err)
 	}
 	f.Source = net.UDPAddrFromAddrPort(app)
 	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "dst", f.Dest.String())
 	go func() {
-		defer release()
 		stop := context.AfterFunc(ctx, func() { rc.Close(); dg.Close() })
 		defer stop()
-		s.Engine.End(f, relayDatagrams(rc, dg, f, app))
+		r.End(relayDatagrams(rc, dg, f, app))
 	}()
 	return 0
 }

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,6 +64,7 @@ func NewServer(e *funnel.Engine, sel funnel.Selector) *Server {
 		pid:      os.Getpid(),
 		users:    map[uint32]string{},
 		conns:    map[*net.UnixConn]bool{},
+		hubs:     relayHubs{log: e.Log},
 		udp:      udpTable{relays: map[udpKey]netip.AddrPort{}},
 		inbound: inboundTable{
 			pending:   map[netip.AddrPort]acceptedInfo{},
@@ -88,42 +90,45 @@ func (s *Server) Listen(path string) (*net.UnixListener, error) {
 }
 
 // Serve answers on l until ctx ends; then the control connections close
-// too, and hooked programs fail closed from then on.
+// too, and hooked programs fail closed from then on. A listener closed by
+// the caller ends it without an error.
 func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
-	go func() {
-		<-ctx.Done()
-		// Connections first: once Serve returns, no request is answered.
-		s.connsMu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.connsMu.Unlock()
-		l.Close()
-	}()
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			s.Log.Warn("preload: control socket", "err", err)
-			return err
-		}
+	context.AfterFunc(ctx, s.closeConns)
+	err := netx.AcceptLoop(ctx, l, func(c net.Conn) {
+		uc := c.(*net.UnixConn)
 		s.connsMu.Lock()
 		if ctx.Err() != nil {
 			s.connsMu.Unlock()
-			c.Close()
-			return nil
+			uc.Close()
+			return
 		}
-		s.conns[c] = true
+		s.conns[uc] = true
 		s.connsMu.Unlock()
 		go func() {
-			s.serveConn(ctx, c)
+			s.serveConn(ctx, uc)
 			s.connsMu.Lock()
-			delete(s.conns, c)
+			delete(s.conns, uc)
 			s.connsMu.Unlock()
 		}()
+	}, s.Log)
+	if ctx.Err() != nil {
+		// Once Serve returns, no request is answered.
+		s.closeConns()
+		return nil
 	}
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	s.Log.Warn("preload: control socket", "err", err)
+	return err
+}
+
+func (s *Server) closeConns() {
+	s.connsMu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.connsMu.Unlock()
 }
 
 // peer is the process on the other end of a control connection.

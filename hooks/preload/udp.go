@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,22 +68,20 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 	}
 	f := s.newFlow(p, funnel.UDP, dest)
 	f.Source = net.UDPAddrFromAddrPort(local)
-	release := pl.Hold()
-	dg, err := pl.DialDgram(ctx, f)
+	r := s.Engine.Begin(f, pl)
+	dg, err := r.DialDgram(ctx)
 	if err != nil {
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	asked := handoffTarget{ap: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), scope: scope}
+	asked := handoffTarget{ap: netx.Unmap(ap), scope: scope}
 	if u, ok := dg.(*funnel.UDPConn); ok {
 		if ra, ok := u.RemoteAddr().(*net.UDPAddr); ok {
 			if _, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
 				u.Close()
-				release()
-				s.Engine.End(f, nil)
-				resp.setAddr(rawSockaddr(unmapped(ra.AddrPort()), family))
+				r.End(nil)
+				resp.setAddr(rawSockaddr(netx.AddrPortOf(ra), family))
 				return
 			}
 		}
@@ -90,8 +89,7 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 	rc, _, err := loopbackUDP(fd, family)
 	if err != nil {
 		dg.Close()
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
@@ -101,25 +99,24 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 		// A wildcard-bound socket sends to loopback from loopback.
 		from = netip.AddrPortFrom(relay.Addr(), local.Port())
 	} else if relay.Addr().Is4() {
-		from = unmapped(from)
+		from = netx.Unmap(from)
 	}
 	key := udpKey{app: from, dest: dest.String()}
 	s.udp.mu.Lock()
-	if r, ok := s.udp.relays[key]; ok {
+	if existing, ok := s.udp.relays[key]; ok {
 		// The library forgot (its table is small): the relay is still there.
 		s.udp.mu.Unlock()
 		rc.Close()
 		dg.Close()
-		release()
-		resp.setAddr(rawSockaddr(r, family))
+		r.Abandon()
+		resp.setAddr(rawSockaddr(existing, family))
 		return
 	}
 	if err := connectConn(rc, from); err != nil {
 		s.udp.mu.Unlock()
 		rc.Close()
 		dg.Close()
-		release()
-		s.Engine.End(f, err)
+		r.End(err)
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
@@ -127,14 +124,13 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 	s.udp.mu.Unlock()
 	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "pid", p.pid, "dst", dest.String(), "relay", relay.String())
 	go func() {
-		defer release()
 		stop := context.AfterFunc(ctx, func() { rc.Close(); dg.Close() })
 		defer stop()
 		err := relayDatagrams(rc, dg, f, from)
 		s.udp.mu.Lock()
 		delete(s.udp.relays, key)
 		s.udp.mu.Unlock()
-		s.Engine.End(f, err)
+		r.End(err)
 	}()
 	resp.setAddr(rawSockaddr(relay, family))
 }

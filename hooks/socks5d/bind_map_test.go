@@ -20,13 +20,14 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 	"github.com/funtun/funtun/internal/testutil"
 	_ "github.com/funtun/funtun/pieces/tls"
 	"golang.org/x/net/proxy"
 )
 
 func bindReq(expect netip.AddrPort) []byte {
-	return appendAddrPort([]byte{5, 2, 0}, expect)
+	return socks5wire.AppendAddrPort([]byte{5, 2, 0}, expect)
 }
 
 func TestBind(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
 // scriptConn plays a client that sends fixed bytes and records what the
@@ -67,7 +69,7 @@ func FuzzRequest(f *testing.F) {
 			}
 			return
 		}
-		if len(out) < 2 || out[0] != 5 || (out[1] != methodNone && out[1] != methodNoneOffered) {
+		if len(out) < 2 || out[0] != 5 || (out[1] != socks5wire.MethodNone && out[1] != socks5wire.MethodNoAcceptable) {
 			t.Fatalf("method choice % x", out)
 		}
 		rest := out[2:]
@@ -80,7 +82,7 @@ func FuzzRequest(f *testing.F) {
 			if req.dest.IsName() {
 				enc = nameReq(req.cmd, req.dest.Name, req.dest.Port)
 			} else {
-				enc = appendAddrPort([]byte{5, req.cmd, 0}, req.dest.AddrPort())
+				enc = socks5wire.AppendAddrPort([]byte{5, req.cmd, 0}, req.dest.AddrPort())
 			}
 			again, err := readRequest(&wireReader{r: bytes.NewReader(enc)})
 			if err != nil || again != req {
@@ -93,26 +95,6 @@ func FuzzRequest(f *testing.F) {
 		}
 		if len(rest) != 10 || rest[0] != 5 || rest[1] < 1 || rest[1] > 8 || !bytes.Equal(rest[2:], []byte{0, 1, 0, 0, 0, 0, 0, 0}) {
 			t.Fatalf("failure reply % x", rest)
-		}
-	})
-}
-
-// FuzzUDPHeader checks the datagram header parser against itself: a
-// header udpHeaderLen accepts must parse to the length it announced.
-func FuzzUDPHeader(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 1, 127, 0, 0, 1, 0, 53, 'x'})
-	f.Add([]byte{0, 0, 0, 3, 4, 'a', '.', 'b', 'c', 0, 53})
-	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 53})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		n, ok := udpHeaderLen(b)
-		if !ok {
-			return
-		}
-		if n > len(b) {
-			t.Fatalf("header length %d beyond the datagram's %d bytes", n, len(b))
-		}
-		if _, m, err := parseUDPAddr(b[3:n]); err == nil && m != n-3 {
-			t.Fatalf("address took %d bytes, header said %d", m, n-3)
 		}
 	})
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 	"github.com/funtun/funtun/internal/testutil"
 	_ "github.com/funtun/funtun/pieces/deny"
 	_ "github.com/funtun/funtun/pieces/direct"
@@ -309,7 +310,7 @@ func isTimeout(err error) bool {
 
 func connectReq(a netip.AddrPort) []byte {
 	b := []byte{5, 1, 0}
-	return appendAddrPort(b, a)
+	return socks5wire.AppendAddrPort(b, a)
 }
 
 func nameReq(cmd byte, name string, port uint16) []byte {

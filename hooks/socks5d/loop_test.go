@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/funtun/funtun/internal/socks5wire"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -44,7 +45,7 @@ import (
 type logRec struct {
 	msg     string
 	attrs   map[string]string
-	loop    bool // (*eventLoop).finish was on the stack
+	loop    bool // the engine's loop ended a flow it accepted (finishListened)
 	general bool // a (*session) method was on the stack
 }
 
@@ -121,9 +122,13 @@ func (h *recHandler) Handle(ctx context.Context, r slog.Record) error {
 	for {
 		f, more := frames.Next()
 		switch {
-		case strings.HasSuffix(f.Function, "/socks5d.(*eventLoop).finish"):
+		case strings.HasSuffix(f.Function, "/funnel.(*eventLoop).finishListened"):
 			lr.loop = true
-		case strings.Contains(f.Function, "/socks5d.(*session)."):
+		case strings.Contains(f.Function, "/socks5d.(*session)."),
+			// The relay a session started: on goroutines, or on the
+			// engine's relay loops when both ends are kernel sockets.
+			strings.Contains(f.Function, "/funnel.(*asyncRelay)."),
+			strings.HasSuffix(f.Function, "/funnel.(*eventLoop).finishAdopted"):
 			lr.general = true
 		}
 		if !more {
@@ -512,23 +517,14 @@ func unansweredInNetns(t *testing.T) netip.AddrPort {
 	return ap
 }
 
-// setDirectTimeout lowers the loop's dial timeout until the test ends;
-// call it before starting the server, so that the server has stopped when
-// the old value comes back.
-func setDirectTimeout(t *testing.T, d time.Duration) {
-	old := directTimeout
-	directTimeout = d
-	t.Cleanup(func() { directTimeout = old })
-}
-
 func TestLoopDialTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	setDirectTimeout(t, timeout)
 	dest := unansweredAddr(t)
-	env := newLoopEnv(t, nil)
+	// The loop dials as the direct piece says, timeout included.
+	env := newLoopEnv(t, map[string]string{"d": "direct timeout=300ms"})
 	// The loop checks deadlines on a sweep every HandshakeTimeout/4 (at
 	// most every second): 1s makes it 250ms.
-	addr := env.serve(t, &Server{HandshakeTimeout: time.Second}, "tcp")
+	addr := env.serve(t, &Server{HandshakeTimeout: time.Second, Selector: funnel.Selector{Profile: "d"}}, "tcp")
 	r := dialRaw(t, addr)
 	r.c.SetDeadline(time.Now().Add(3 * time.Second))
 	r.noAuth()
@@ -731,7 +727,7 @@ func TestLoopHandoff(t *testing.T) {
 		r := dialRaw(t, addr)
 		r.c.SetDeadline(time.Now().Add(5 * time.Second))
 		r.noAuth()
-		r.send(nameReq(cmdConnect, "localhost", port)...)
+		r.send(nameReq(socks5wire.CmdConnect, "localhost", port)...)
 		if code, _ := r.readReply(); code != 0 {
 			t.Fatalf("reply %d, want 0", code)
 		}
@@ -1354,7 +1350,7 @@ func TestLoopClientKeepalive(t *testing.T) {
 			if c.byName {
 				r = dialRaw(t, addr.String())
 				r.noAuth()
-				r.send(nameReq(cmdConnect, "localhost", port)...)
+				r.send(nameReq(socks5wire.CmdConnect, "localhost", port)...)
 				if code, _ := r.readReply(); code != 0 {
 					t.Fatalf("reply %d, want 0", code)
 				}

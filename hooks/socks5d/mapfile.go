@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 // Map is the server-side variant's table: requested destinations (name or
@@ -234,10 +235,10 @@ func dialTarget(ctx context.Context, t mapTarget, f *funnel.Flow, client net.Con
 // know, plus the SOCKS view.
 func execEnv(f *funnel.Flow, client net.Conn) []string {
 	env := []string{"PROTO=TCP", "FUNTUN_HOOK=socks5d", "FUNTUN_DEST=" + f.Dest.String()}
-	if r := addrPortOf(client.RemoteAddr()); r.IsValid() {
+	if r := netx.AddrPortOf(client.RemoteAddr()); r.IsValid() {
 		env = append(env, "TCPREMOTEIP="+r.Addr().String(), "TCPREMOTEPORT="+strconv.Itoa(int(r.Port())))
 	}
-	if l := addrPortOf(client.LocalAddr()); l.IsValid() {
+	if l := netx.AddrPortOf(client.LocalAddr()); l.IsValid() {
 		env = append(env, "TCPLOCALIP="+l.Addr().String(), "TCPLOCALPORT="+strconv.Itoa(int(l.Port())))
 	}
 	if f.User != "" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/funtun/funtun/internal/netx"
+	"github.com/funtun/funtun/internal/socks5wire"
 	"io"
 	"log/slog"
 	"net"
@@ -11,7 +13,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -48,6 +49,7 @@ type Server struct {
 	mapping atomic.Pointer[Map]   // nil: CONNECT goes out through the profile
 
 	active  atomic.Int64
+	wg      sync.WaitGroup // admitted clients not yet finished
 	refused atomic.Int64
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -89,24 +91,26 @@ func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			if !s.GeneralOnly && loopEligible(l) {
-				errc <- s.runLoop(ctx, l, &wg)
-				return
-			}
-			errc <- s.acceptLoop(ctx, l, &wg)
+			errc <- s.Engine.ServeListener(ctx, l, funnel.FastListener{
+				Hook:              "socks5d",
+				Resolve:           func() (*funnel.Pipeline, error) { return s.Engine.Resolve(s.Selector) },
+				Admit:             s.admit,
+				Finished:          s.finished,
+				Handshake:         loopHandshake{},
+				ClientSpeaksFirst: true,
+				General:           s.serveHandover,
+				GeneralOnly:       s.GeneralOnly,
+				HandshakeTimeout:  s.HandshakeTimeout,
+				Idle:              s.IdleTimeout,
+				Log:               s.Log,
+			})
 		}()
 	}
 	go func() {
 		<-ctx.Done()
-		for _, l := range ls {
-			l.Close()
-		}
 		s.mu.Lock()
 		for c := range s.conns {
 			c.Close()
@@ -117,59 +121,13 @@ func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
 	var first error
 	for range ls {
 		if err := <-errc; err != nil && first == nil {
-			first = err
+			first = fmt.Errorf("serving SOCKS5: %w", err)
 			cancel()
 		}
 	}
 	cancel()
-	wg.Wait()
+	s.wg.Wait()
 	return first
-}
-
-func (s *Server) acceptLoop(ctx context.Context, l net.Listener, wg *sync.WaitGroup) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
-				s.Log.Warn("accept", "listen", l.Addr().String(), "err", err)
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(50 * time.Millisecond):
-				}
-				continue
-			}
-			return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
-		}
-		if s.active.Add(1) > int64(s.MaxConns) {
-			// Refuse at once: a queue would let a flood hold descriptors
-			// and memory without bound.
-			s.active.Add(-1)
-			c.Close()
-			s.noteRefused()
-			continue
-		}
-		if !s.track(c, true) {
-			s.active.Add(-1)
-			c.Close()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			finish := func() {
-				s.track(c, false)
-				s.active.Add(-1)
-				wg.Done()
-			}
-			if !s.serveConn(ctx, c, finish) {
-				finish()
-			}
-		}()
-	}
 }
 
 // track registers a client connection so that shutdown can close it; it
@@ -205,7 +163,7 @@ func (s *Server) allowed(remote net.Addr) bool {
 	if len(s.Allow) == 0 {
 		return true
 	}
-	ap := addrPortOf(remote)
+	ap := netx.AddrPortOf(remote)
 	if !ap.IsValid() {
 		// A Unix socket from systemd: only local processes reach it.
 		return true
@@ -272,19 +230,19 @@ func (s *Server) serveConnFrom(ctx context.Context, c net.Conn, remote net.Addr,
 	pl, err := s.Engine.Resolve(sel)
 	if err != nil {
 		s.Log.Error("no profile for flow", "src", ss.remote.String(), "user", ss.user, "err", err)
-		ss.sendReply(replyGeneral, netip.AddrPort{})
+		ss.sendReply(socks5wire.ReplyGeneral, netip.AddrPort{})
 		return false
 	}
 	switch req.cmd {
-	case cmdConnect:
+	case socks5wire.CmdConnect:
 		if m := s.mapping.Load(); m != nil {
 			ss.serveMapped(ctx, pl, m, req)
 			return false
 		}
 		return ss.serveConnect(ctx, pl, req, finish)
-	case cmdBind:
+	case socks5wire.CmdBind:
 		ss.serveBind(ctx, pl, req)
-	case cmdUDPAssociate:
+	case socks5wire.CmdUDPAssociate:
 		ss.serveUDP(ctx, pl, req)
 	}
 	return false
@@ -329,11 +287,11 @@ func (ss *session) greet() bool {
 		// Tell the client why where the protocol has a way to: reply 2
 		// (not allowed by ruleset) to its request.
 		s.Log.Warn("client not in --allow: refused", "src", src)
-		if !offers(methods, methodNone) {
-			c.Write([]byte{socksVersion, methodNoneOffered})
+		if !offers(methods, socks5wire.MethodNone) {
+			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
 		}
-		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+		if _, err := c.Write([]byte{socks5wire.Version, socks5wire.MethodNone}); err != nil {
 			return false
 		}
 		if _, err := readRequest(w); err != nil {
@@ -342,16 +300,16 @@ func (ss *session) greet() bool {
 				return false
 			}
 		}
-		ss.sendReply(replyNotAllowed, netip.AddrPort{})
+		ss.sendReply(socks5wire.ReplyNotAllowed, netip.AddrPort{})
 		return false
 	}
 	if users := s.users.Load(); users != nil {
-		if !offers(methods, methodPassword) {
+		if !offers(methods, socks5wire.MethodPassword) {
 			s.Log.Warn("client offers no username/password method, and --users requires one: refused", "src", src)
-			c.Write([]byte{socksVersion, methodNoneOffered})
+			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
 		}
-		if _, err := c.Write([]byte{socksVersion, methodPassword}); err != nil {
+		if _, err := c.Write([]byte{socks5wire.Version, socks5wire.MethodPassword}); err != nil {
 			return false
 		}
 		user, pass, err := readPassword(w)
@@ -359,27 +317,27 @@ func (ss *session) greet() bool {
 			ss.logProto("username/password request", err)
 			var pe *protoError
 			if errors.As(err, &pe) {
-				c.Write([]byte{authVersion, 1})
+				c.Write([]byte{socks5wire.AuthVersion, 1})
 			}
 			return false
 		}
 		e, ok := users.Check(user, pass)
 		if !ok {
 			s.Log.Warn("authentication failed", "src", src, "user", user)
-			c.Write([]byte{authVersion, 1})
+			c.Write([]byte{socks5wire.AuthVersion, 1})
 			return false
 		}
-		if _, err := c.Write([]byte{authVersion, 0}); err != nil {
+		if _, err := c.Write([]byte{socks5wire.AuthVersion, 0}); err != nil {
 			return false
 		}
 		ss.user, ss.entry = user, e
 	} else {
-		if !offers(methods, methodNone) {
+		if !offers(methods, socks5wire.MethodNone) {
 			s.Log.Warn("client offers only methods that need --users (e.g. username/password): refused", "src", src, "methods", fmt.Sprint(methods))
-			c.Write([]byte{socksVersion, methodNoneOffered})
+			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
 		}
-		if _, err := c.Write([]byte{socksVersion, methodNone}); err != nil {
+		if _, err := c.Write([]byte{socks5wire.Version, socks5wire.MethodNone}); err != nil {
 			return false
 		}
 	}
@@ -409,7 +367,7 @@ func (ss *session) logProto(what string, err error) {
 }
 
 func (ss *session) sendReply(code byte, bound netip.AddrPort) error {
-	_, err := ss.c.Write(appendReply(ss.reply[:0], code, bound))
+	_, err := ss.c.Write(socks5wire.AppendReply(ss.reply[:0], code, bound))
 	return err
 }
 
@@ -426,90 +384,35 @@ func (ss *session) newFlow(network funnel.Network, dest funnel.Addr) *funnel.Flo
 // address the client reached us on.
 func (ss *session) boundAddr(up net.Conn) netip.AddrPort {
 	if up != nil {
-		if ap := addrPortOf(up.LocalAddr()); ap.IsValid() && ap.Port() != 0 {
+		if ap := netx.AddrPortOf(up.LocalAddr()); ap.IsValid() && ap.Port() != 0 {
 			return ap
 		}
 	}
-	return addrPortOf(ss.c.LocalAddr())
+	return netx.AddrPortOf(ss.c.LocalAddr())
 }
 
 func (ss *session) serveConnect(ctx context.Context, pl *funnel.Pipeline, req request, finish func()) (handedOff bool) {
 	s := ss.s
-	f := ss.newFlow(funnel.TCP, req.dest)
-	release := pl.Hold()
-	up, err := pl.DialStream(ctx, f)
+	r := s.Engine.Begin(ss.newFlow(funnel.TCP, req.dest), pl)
+	up, err := r.DialStream(ctx)
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
-		s.Engine.End(f, err)
-		release()
+		r.End(err)
 		return false
 	}
-	if err := ss.sendReply(replySucceeded, ss.boundAddr(up)); err != nil {
-		up.Close()
-		s.Engine.End(f, fmt.Errorf("sending the reply to the client: %w", err))
-		release()
+	if err := ss.sendReply(socks5wire.ReplySucceeded, ss.boundAddr(up.Conn)); err != nil {
+		up.Conn.Close()
+		r.End(fmt.Errorf("sending the reply to the client: %w", err))
 		return false
 	}
-	if left := ss.w.leftover(); len(left) > 0 {
-		// Bytes the client sent before our reply (optimistic data).
-		up.SetWriteDeadline(time.Now().Add(s.HandshakeTimeout))
-		n, err := up.Write(left)
-		f.Up.Add(int64(n))
-		up.SetWriteDeadline(time.Time{})
-		if err != nil {
-			up.Close()
-			s.Engine.End(f, err)
-			release()
-			return false
-		}
-	}
+	// Bytes the client sent before our reply (optimistic data) go first.
+	early := append([]byte(nil), ss.w.leftover()...)
 	ss.releaseReader()
-	stop := s.watchIdle(f, ss.c, up)
-	// The relay runs in goroutines of its own so that this one, whose
-	// stack grew through the handshake and the dial, ends now: an idle
-	// session then holds two 2 KiB stacks, not those plus this one's.
-	funnel.RelayAsync(ss.c, up, f.Up, f.Down, func(err error) {
-		stop()
-		s.Engine.End(f, err)
-		release()
-		finish()
-	})
+	// The relay runs without this goroutine, whose stack grew through the
+	// handshake and the dial; two kernel sockets go to the engine's event
+	// loops, and an idle session then costs a table entry.
+	r.Relay(ctx, ss.c, up.Conn, funnel.RelayOptions{Idle: s.IdleTimeout, Prefix: early, Done: func(error) { finish() }})
 	return true
-}
-
-// watchIdle closes a flow's connections once no byte moved either way for
-// a whole IdleTimeout period. It reads the relay's counters, so the client
-// connection stays unwrapped and spliceable, and holds no goroutine while
-// it waits.
-func (s *Server) watchIdle(f *funnel.Flow, conns ...io.Closer) (stop func()) {
-	if s.IdleTimeout <= 0 {
-		return func() {}
-	}
-	var mu sync.Mutex
-	var t *time.Timer
-	last := int64(-1)
-	mu.Lock()
-	t = time.AfterFunc(s.IdleTimeout, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		now := f.Up.Load() + f.Down.Load()
-		if now != last {
-			last = now
-			t.Reset(s.IdleTimeout)
-			return
-		}
-		f.Log.Debug("idle timeout: closing the flow", "idle", s.IdleTimeout)
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	last = f.Up.Load() + f.Down.Load()
-	mu.Unlock()
-	return func() {
-		mu.Lock()
-		t.Stop()
-		mu.Unlock()
-	}
 }
 
 // serveMapped is the server-side variant: the requested destination maps
@@ -517,73 +420,44 @@ func (s *Server) watchIdle(f *funnel.Flow, conns ...io.Closer) (stop func()) {
 // profile's pieces (a tls piece terminates TLS) as an incoming flow.
 func (ss *session) serveMapped(ctx context.Context, pl *funnel.Pipeline, m *Map, req request) {
 	s := ss.s
-	f := ss.newFlow(funnel.TCP, req.dest)
+	r := s.Engine.Begin(ss.newFlow(funnel.TCP, req.dest), pl)
+	f := r.Flow
 	rule, ok := m.Lookup(req.dest)
 	if !ok {
-		ss.sendReply(replyNotAllowed, netip.AddrPort{})
-		s.Engine.End(f, funnel.Errorf(funnel.KindDenied, "%s is not in the map %s", req.dest, m.Path))
+		ss.sendReply(socks5wire.ReplyNotAllowed, netip.AddrPort{})
+		r.End(funnel.Errorf(funnel.KindDenied, "%s is not in the map %s", req.dest, m.Path))
 		return
 	}
-	release := pl.Hold()
-	defer release()
 	f.Log = f.Log.With("map", fmt.Sprintf("%s:%d", m.Path, rule.line), "target", rule.target.String())
 	dctx, cancel := context.WithTimeout(ctx, s.HandshakeTimeout)
 	app, wait, err := dialTarget(dctx, rule.target, f, ss.c)
 	cancel()
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
-		s.Engine.End(f, fmt.Errorf("local service %s: %w", rule.target, err))
+		r.End(fmt.Errorf("local service %s: %w", rule.target, err))
 		return
 	}
 	defer wait()
-	if err := ss.sendReply(replySucceeded, addrPortOf(ss.c.LocalAddr())); err != nil {
+	if err := ss.sendReply(socks5wire.ReplySucceeded, netx.AddrPortOf(ss.c.LocalAddr())); err != nil {
 		app.Close()
-		s.Engine.End(f, err)
+		r.End(err)
 		return
 	}
 	ss.c.SetDeadline(time.Time{})
-	var netSide net.Conn = ss.c
-	if left := ss.w.leftover(); len(left) > 0 {
-		// The pieces (TLS first) must see what the client sent early.
-		netSide = &prefixConn{Conn: ss.c, prefix: append([]byte(nil), left...)}
-	}
+	// The pieces (TLS first) must see what the client sent early.
+	netSide := netx.WithPrefix(ss.c, append([]byte(nil), ss.w.leftover()...))
 	ss.releaseReader()
 	// The pieces' own handshakes (TLS) get the same bound as ours.
 	ss.c.SetDeadline(time.Now().Add(s.HandshakeTimeout))
-	appSide, err := pl.AcceptStream(ctx, f, netSide)
+	appSide, err := r.AcceptStream(ctx, netSide)
 	ss.c.SetDeadline(time.Time{})
 	if err != nil {
 		app.Close()
-		s.Engine.End(f, err)
+		r.End(err)
 		return
 	}
-	stop := s.watchIdle(f, appSide, app)
 	// Up is app toward network: here the application is the local service.
-	err = funnel.Relay(app, appSide, f.Up, f.Down)
-	stop()
-	s.Engine.End(f, err)
-}
-
-// prefixConn serves bytes read ahead before the connection's own.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (p *prefixConn) Read(b []byte) (int, error) {
-	if len(p.prefix) > 0 {
-		n := copy(b, p.prefix)
-		p.prefix = p.prefix[n:]
-		return n, nil
-	}
-	return p.Conn.Read(b)
-}
-
-func (p *prefixConn) CloseWrite() error {
-	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return p.Conn.Close()
+	r.RelayWait(ctx, app, appSide, funnel.RelayOptions{Idle: s.IdleTimeout})
 }
 
 // serveBind is RFC 1928's BIND: listen for one connection from the host
@@ -592,19 +466,18 @@ func (p *prefixConn) CloseWrite() error {
 // the profile's pieces as an incoming flow.
 func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req request) {
 	s := ss.s
-	f := ss.newFlow(funnel.TCP, req.dest)
-	release := pl.Hold()
-	defer release()
-	local := addrPortOf(ss.c.LocalAddr()).Addr().Unmap()
+	r := s.Engine.Begin(ss.newFlow(funnel.TCP, req.dest), pl)
+	f := r.Flow
+	local := netx.AddrPortOf(ss.c.LocalAddr()).Addr().Unmap()
 	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.AsSlice(), Zone: local.Zone()})
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
-		s.Engine.End(f, fmt.Errorf("bind: %w", err))
+		r.End(fmt.Errorf("bind: %w", err))
 		return
 	}
 	defer l.Close()
-	if err := ss.sendReply(replySucceeded, l.Addr().(*net.TCPAddr).AddrPort()); err != nil {
-		s.Engine.End(f, err)
+	if err := ss.sendReply(socks5wire.ReplySucceeded, l.Addr().(*net.TCPAddr).AddrPort()); err != nil {
+		r.End(err)
 		return
 	}
 	ss.c.SetDeadline(time.Time{})
@@ -637,7 +510,7 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 			default:
 				ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
 			}
-			s.Engine.End(f, err)
+			r.End(err)
 			return
 		}
 		from := c.RemoteAddr().(*net.TCPAddr).AddrPort()
@@ -656,16 +529,16 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 	ss.c.SetReadDeadline(time.Now())
 	<-gone
 	ss.c.SetReadDeadline(time.Time{})
-	if err := ss.sendReply(replySucceeded, peer.RemoteAddr().(*net.TCPAddr).AddrPort()); err != nil {
+	if err := ss.sendReply(socks5wire.ReplySucceeded, peer.RemoteAddr().(*net.TCPAddr).AddrPort()); err != nil {
 		peer.Close()
-		s.Engine.End(f, err)
+		r.End(err)
 		return
 	}
 	left := append(append([]byte(nil), ss.w.leftover()...), early...)
 	ss.releaseReader()
-	appSide, err := pl.AcceptStream(ctx, f, peer)
+	appSide, err := r.AcceptStream(ctx, peer)
 	if err != nil {
-		s.Engine.End(f, err)
+		r.End(err)
 		return
 	}
 	if len(left) > 0 {
@@ -673,12 +546,9 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 		f.Up.Add(int64(n))
 		if err != nil {
 			appSide.Close()
-			s.Engine.End(f, err)
+			r.End(err)
 			return
 		}
 	}
-	stop := s.watchIdle(f, ss.c, appSide)
-	err = funnel.Relay(ss.c, appSide, f.Up, f.Down)
-	stop()
-	s.Engine.End(f, err)
+	r.RelayWait(ctx, ss.c, appSide, funnel.RelayOptions{Idle: s.IdleTimeout})
 }

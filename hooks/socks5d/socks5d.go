@@ -58,6 +58,7 @@ func init() {
 		Summary: "a SOCKS5 server whose connections go through a profile",
 		Usage:   usage,
 		Run:     run,
+		Daemon:  true, // --pprof
 	})
 }
 

@@ -2,17 +2,17 @@ package socks5d
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
 // maxUDPPeers bounds the destinations one association talks to at once; a
@@ -43,10 +43,11 @@ type udpAssoc struct {
 }
 
 type udpPeer struct {
+	run      *funnel.Run
 	flow     *funnel.Flow
 	conn     funnel.DgramConn // nil when the dial failed
 	failedAt time.Time
-	last     atomic.Int64 // unix nanoseconds of the last datagram either way
+	moved    atomic.Int64 // datagrams either way, for the idle watch
 	// header is RSV RSV FRAG ATYP DST.ADDR DST.PORT for the datagrams
 	// back to the client, naming the destination the way the client did
 	// (PySocks and others match replies against what they sent to).
@@ -57,14 +58,14 @@ func (ss *session) serveUDP(ctx context.Context, pl *funnel.Pipeline, req reques
 	s := ss.s
 	if !pl.Accepts(funnel.Dgram) {
 		err := funnel.Errorf(funnel.KindNotSupported, "profile %s carries %s flows, not datagrams: UDP ASSOCIATE refused", pl.Name, pl.Shapes())
-		ss.sendReply(replyCmdNotSupported, netip.AddrPort{})
+		ss.sendReply(socks5wire.ReplyCmdNotSupported, netip.AddrPort{})
 		f := ss.newFlow(funnel.UDP, req.dest)
 		f.Profile = pl.Name
 		s.Engine.End(f, err)
 		return
 	}
-	local := addrPortOf(ss.c.LocalAddr()).Addr().Unmap()
-	client := addrPortOf(ss.remote).Addr().Unmap()
+	local := netx.AddrPortOf(ss.c.LocalAddr()).Addr()
+	client := netx.AddrPortOf(ss.remote).Addr()
 	relay, err := net.ListenUDP("udp", &net.UDPAddr{IP: local.AsSlice(), Zone: local.Zone()})
 	if err != nil {
 		ss.sendReply(funnel.Classify(err).SOCKSReply(), netip.AddrPort{})
@@ -78,7 +79,7 @@ func (ss *session) serveUDP(ctx context.Context, pl *funnel.Pipeline, req reques
 	a.port.Store(uint32(req.dest.Port))
 	release := pl.Hold()
 	defer release()
-	if err := ss.sendReply(replySucceeded, relay.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+	if err := ss.sendReply(socks5wire.ReplySucceeded, relay.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
 		relay.Close()
 		return
 	}
@@ -123,12 +124,12 @@ func (a *udpAssoc) fromClient(ctx context.Context) {
 			return
 		}
 		fr.SetLen(n)
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		src = netx.Unmap(src)
 		if !a.fromOurClient(src) {
 			fr.Release()
 			continue
 		}
-		hlen, ok := udpHeaderLen(fr.Bytes())
+		hlen, ok := socks5wire.UDPHeaderLen(fr.Bytes())
 		if !ok {
 			// Fragments (FRAG != 0) are optional in RFC 1928 and we do not
 			// reassemble; malformed headers are dropped the same way.
@@ -147,7 +148,7 @@ func (a *udpAssoc) fromClient(ctx context.Context) {
 			fr.Dst = d.AddrPort()
 		}
 		fr.Time = time.Now()
-		p.last.Store(fr.Time.UnixNano())
+		p.moved.Add(1)
 		p.flow.Up.Add(int64(fr.Len()))
 		if err := p.conn.WriteFrame(fr); err != nil {
 			p.flow.Log.Debug("udp write", "err", err)
@@ -166,29 +167,6 @@ func (a *udpAssoc) fromOurClient(src netip.AddrPort) bool {
 		want = a.port.Load()
 	}
 	return uint32(src.Port()) == want
-}
-
-// udpHeaderLen checks RSV RSV FRAG ATYP DST.ADDR DST.PORT and returns its
-// length.
-func udpHeaderLen(b []byte) (int, bool) {
-	if len(b) < 4 || b[2] != 0 {
-		return 0, false
-	}
-	var n int
-	switch b[3] {
-	case atypIPv4:
-		n = 4 + 4 + 2
-	case atypIPv6:
-		n = 4 + 16 + 2
-	case atypDomain:
-		if len(b) < 5 || b[4] == 0 {
-			return 0, false
-		}
-		n = 4 + 1 + int(b[4]) + 2
-	default:
-		return 0, false
-	}
-	return n, len(b) >= n
 }
 
 // peer finds or opens the flow for a destination.
@@ -214,32 +192,32 @@ func (a *udpAssoc) peer(ctx context.Context, key []byte) *udpPeer {
 	}
 	a.mu.Unlock()
 
-	dest, _, err := parseUDPAddr(key)
+	dest, _, err := socks5wire.ParseAddr(key)
 	if err != nil {
 		return nil
 	}
-	f := a.ss.newFlow(funnel.UDP, dest)
-	p = &udpPeer{flow: f, header: make([]byte, 3, 3+len(key))}
+	r := a.ss.s.Engine.Begin(a.ss.newFlow(funnel.UDP, dest), a.pl)
+	p = &udpPeer{run: r, flow: r.Flow, header: make([]byte, 3, 3+len(key))}
 	p.header = append(p.header, key...)
 	dctx, cancel := context.WithTimeout(ctx, a.ss.s.HandshakeTimeout)
-	conn, err := a.pl.DialDgram(dctx, f)
+	conn, err := r.DialDgram(dctx)
 	cancel()
 	if err != nil {
 		p.failedAt = time.Now()
-		a.ss.s.Engine.End(f, err)
+		r.End(err)
 	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
 		if conn != nil {
 			conn.Close()
+			r.End(nil)
 		}
 		return nil
 	}
 	a.peers[string(key)] = p
 	if conn != nil {
 		p.conn = conn
-		p.last.Store(time.Now().UnixNano())
 		a.wg.Add(1)
 		go a.toClient(p, string(key))
 	}
@@ -248,33 +226,34 @@ func (a *udpAssoc) peer(ctx context.Context, key []byte) *udpPeer {
 }
 
 // toClient returns a destination's datagrams to the client with the SOCKS
-// header pushed in front, until the destination has been idle for UDPIdle
-// or the association ends.
+// header pushed in front, until no datagram went either way for UDPIdle
+// (checked every UDPIdle, so between one and two periods after the last
+// one) or the association ends.
 func (a *udpAssoc) toClient(p *udpPeer, key string) {
 	defer a.wg.Done()
-	idle := a.ss.s.UDPIdle
+	var idled atomic.Bool
+	stop := netx.IdleWatch(a.ss.s.UDPIdle, p.moved.Load, func() {
+		idled.Store(true)
+		p.conn.Close()
+	})
 	var err error
 	var hdr [3 + 1 + 16 + 2]byte
 	for {
-		p.conn.SetReadDeadline(time.Now().Add(idle))
 		fr, rerr := p.conn.ReadFrame()
 		if rerr != nil {
-			if errors.Is(rerr, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, p.last.Load())) < idle {
-				continue
-			}
-			if !errors.Is(rerr, os.ErrDeadlineExceeded) && !errors.Is(rerr, net.ErrClosed) {
+			if !idled.Load() && !errors.Is(rerr, net.ErrClosed) {
 				err = rerr
 			}
 			break
 		}
-		p.last.Store(time.Now().UnixNano())
+		p.moved.Add(1)
 		p.flow.Down.Add(int64(fr.Len()))
 		h := p.header
 		if len(h) > funnel.FrameHeadroom {
 			// A long name does not fit the headroom: name the sender by
 			// its address instead.
 			h = append(hdr[:0], 0, 0, 0)
-			h = appendAddrPort(h, fr.Src)
+			h = socks5wire.AppendAddrPort(h, fr.Src)
 		}
 		copy(fr.Push(len(h)), h)
 		dst := netip.AddrPortFrom(a.client, uint16(a.port.Load()))
@@ -284,45 +263,12 @@ func (a *udpAssoc) toClient(p *udpPeer, key string) {
 			break
 		}
 	}
+	stop()
 	p.conn.Close()
 	a.mu.Lock()
 	if a.peers != nil && a.peers[key] == p {
 		delete(a.peers, key)
 	}
 	a.mu.Unlock()
-	a.ss.s.Engine.End(p.flow, err)
-}
-
-// parseUDPAddr reads ATYP DST.ADDR DST.PORT.
-func parseUDPAddr(b []byte) (funnel.Addr, int, error) {
-	bad := errors.New("socks5d: malformed UDP header address")
-	if len(b) < 1 {
-		return funnel.Addr{}, 0, bad
-	}
-	switch b[0] {
-	case atypIPv4:
-		if len(b) < 7 {
-			return funnel.Addr{}, 0, bad
-		}
-		return funnel.Addr{IP: netip.AddrFrom4([4]byte(b[1:5])), Port: binary.BigEndian.Uint16(b[5:7])}, 7, nil
-	case atypIPv6:
-		if len(b) < 19 {
-			return funnel.Addr{}, 0, bad
-		}
-		return funnel.Addr{IP: netip.AddrFrom16([16]byte(b[1:17])).Unmap(), Port: binary.BigEndian.Uint16(b[17:19])}, 19, nil
-	case atypDomain:
-		if len(b) < 2 {
-			return funnel.Addr{}, 0, bad
-		}
-		n := int(b[1])
-		if len(b) < 2+n+2 {
-			return funnel.Addr{}, 0, bad
-		}
-		name := string(b[2 : 2+n])
-		if checkName(name) != nil {
-			return funnel.Addr{}, 0, bad
-		}
-		return funnel.MakeAddr(name, binary.BigEndian.Uint16(b[2+n:])), 2 + n + 2, nil
-	}
-	return funnel.Addr{}, 0, bad
+	p.run.End(err)
 }

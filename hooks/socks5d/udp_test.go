@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 	"github.com/funtun/funtun/internal/testutil"
 )
 
@@ -71,7 +72,7 @@ func udpAssociate(t *testing.T, addr string, clientPort uint16) (*rawClient, net
 }
 
 func udpDatagram(dest netip.AddrPort, payload string) []byte {
-	b := appendAddrPort([]byte{0, 0, 0}, dest)
+	b := socks5wire.AppendAddrPort([]byte{0, 0, 0}, dest)
 	return append(b, payload...)
 }
 
@@ -133,29 +134,6 @@ func TestUDPRelayServesOnlyItsClient(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("relay %s still open 10s after its TCP connection closed (last read: %v)", relay, err)
-		}
-	}
-}
-
-func TestUDPHeaderLen(t *testing.T) {
-	cases := []struct {
-		b    []byte
-		n    int
-		ok   bool
-		name string
-	}{
-		{[]byte{0, 0, 0, 1, 1, 2, 3, 4, 0, 53, 'x'}, 10, true, "ipv4"},
-		{append([]byte{0, 0, 0, 4}, make([]byte, 18)...), 22, true, "ipv6"},
-		{[]byte{0, 0, 0, 3, 1, 'a', 0, 53}, 8, true, "name"},
-		{[]byte{0, 0, 1, 1, 1, 2, 3, 4, 0, 53}, 0, false, "fragment"},
-		{[]byte{0, 0, 0, 3, 0, 0, 53}, 0, false, "empty name"},
-		{[]byte{0, 0, 0, 1, 1, 2}, 0, false, "short"},
-		{[]byte{0, 0, 0, 9, 1, 2, 3, 4, 0, 53}, 0, false, "bad atyp"},
-	}
-	for _, c := range cases {
-		n, ok := udpHeaderLen(c.b)
-		if ok != c.ok || (ok && n != c.n) {
-			t.Errorf("%s: udpHeaderLen = %d, %v; want %d, %v", c.name, n, ok, c.n, c.ok)
 		}
 	}
 }

@@ -1,49 +1,17 @@
 package socks5d
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/netip"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
-// RFC 1928 and RFC 1929 numbers.
-const (
-	socksVersion = 5
-	authVersion  = 1
-
-	methodNone        = 0x00
-	methodPassword    = 0x02
-	methodNoneOffered = 0xff
-
-	cmdConnect      = 1
-	cmdBind         = 2
-	cmdUDPAssociate = 3
-
-	atypIPv4   = 1
-	atypDomain = 3
-	atypIPv6   = 4
-
-	replySucceeded        = 0
-	replyGeneral          = 1
-	replyNotAllowed       = 2
-	replyHostUnreachable  = 4
-	replyCmdNotSupported  = 7
-	replyAddrNotSupported = 8
-)
-
-// The largest messages of the handshake: a greeting offers at most 255
-// methods, a password request carries two 255-byte strings, a request a
-// 255-byte name.
-const (
-	maxGreeting = 2 + 255
-	maxAuth     = 3 + 255 + 255
-	maxRequest  = 4 + 1 + 255 + 2
-)
+// The server's side of RFC 1928 and RFC 1929: reading the handshake
+// straight from the client's socket. The protocol's numbers and the
+// address codec are socks5wire's, shared with the socks5 piece.
 
 // wireReader reads the handshake straight from the client's socket into a
 // small buffer, without a bufio.Reader in between: whatever a client sent
@@ -119,7 +87,7 @@ func readGreeting(w *wireReader) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h[0] != socksVersion {
+	if h[0] != socks5wire.Version {
 		if h[0] == 4 {
 			return nil, protoErrorf(0, "client speaks SOCKS4, not SOCKS5 (use socks5:// or socks5h:// in the client)")
 		}
@@ -138,7 +106,7 @@ func readPassword(w *wireReader) (user, pass string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	if h[0] != authVersion {
+	if h[0] != socks5wire.AuthVersion {
 		return "", "", protoErrorf(0, "username/password request has version %d, not 1", h[0])
 	}
 	ulen := int(h[1])
@@ -167,106 +135,38 @@ type request struct {
 // read in full even for an unsupported command, so that the reply is
 // well-formed at the place the client expects it.
 func readRequest(w *wireReader) (request, error) {
-	h, err := w.next(4)
+	h, err := w.peek(4)
 	if err != nil {
 		return request{}, err
 	}
-	if h[0] != socksVersion {
-		return request{}, protoErrorf(replyGeneral, "request has version %d, not 5", h[0])
+	if h[0] != socks5wire.Version {
+		return request{}, protoErrorf(socks5wire.ReplyGeneral, "request has version %d, not 5", h[0])
 	}
 	req := request{cmd: h[1]}
 	atyp := h[3]
-	var dest funnel.Addr
-	switch atyp {
-	case atypIPv4:
-		b, err := w.next(4 + 2)
-		if err != nil {
+	var nameLen byte
+	if atyp == socks5wire.AtypDomain {
+		if h, err = w.peek(5); err != nil {
 			return request{}, err
 		}
-		dest = funnel.Addr{IP: netip.AddrFrom4([4]byte(b[:4])), Port: binary.BigEndian.Uint16(b[4:])}
-	case atypIPv6:
-		b, err := w.next(16 + 2)
-		if err != nil {
-			return request{}, err
-		}
-		dest = funnel.Addr{IP: netip.AddrFrom16([16]byte(b[:16])).Unmap(), Port: binary.BigEndian.Uint16(b[16:])}
-	case atypDomain:
-		l, err := w.next(1)
-		if err != nil {
-			return request{}, err
-		}
-		n := int(l[0])
-		b, err := w.next(n + 2)
-		if err != nil {
-			return request{}, err
-		}
-		name := string(b[:n])
-		if err := checkName(name); err != nil {
-			return request{}, protoErrorf(replyHostUnreachable, "%v", err)
-		}
-		dest = funnel.MakeAddr(name, binary.BigEndian.Uint16(b[n:]))
-	default:
-		return request{}, protoErrorf(replyAddrNotSupported, "request has address type %d (known: 1 IPv4, 3 domain name, 4 IPv6)", atyp)
+		nameLen = h[4]
 	}
-	req.dest = dest
+	n, ok := socks5wire.AddrLen(atyp, nameLen)
+	if !ok {
+		return request{}, protoErrorf(socks5wire.ReplyAddrNotSupported, "request has address type %d (known: 1 IPv4, 3 domain name, 4 IPv6)", atyp)
+	}
+	b, err := w.next(3 + n)
+	if err != nil {
+		return request{}, err
+	}
+	// The lengths are right: only a name can be refused here.
+	if req.dest, _, err = socks5wire.ParseAddr(b[3:]); err != nil {
+		return request{}, protoErrorf(socks5wire.ReplyHostUnreachable, "request: %v", err)
+	}
 	switch req.cmd {
-	case cmdConnect, cmdBind, cmdUDPAssociate:
+	case socks5wire.CmdConnect, socks5wire.CmdBind, socks5wire.CmdUDPAssociate:
 	default:
-		return req, protoErrorf(replyCmdNotSupported, "request has command %d (known: 1 CONNECT, 2 BIND, 3 UDP ASSOCIATE)", req.cmd)
+		return req, protoErrorf(socks5wire.ReplyCmdNotSupported, "request has command %d (known: 1 CONNECT, 2 BIND, 3 UDP ASSOCIATE)", req.cmd)
 	}
 	return req, nil
-}
-
-// checkName refuses names that no resolver would find but that could
-// confuse what comes after: a NUL cutting a C string short, an empty name,
-// and a '%', which would turn "fe80::1%eth0" into a scoped address aimed
-// at one of our interfaces.
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("request names an empty host name")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c == 0x7f || c == '%' {
-			return fmt.Errorf("request's host name %q has a space, a control character or a %%", name)
-		}
-	}
-	return nil
-}
-
-// appendReply builds VER REP RSV ATYP BND.ADDR BND.PORT.
-func appendReply(b []byte, code byte, bound netip.AddrPort) []byte {
-	b = append(b, socksVersion, code, 0)
-	return appendAddrPort(b, bound)
-}
-
-// appendAddrPort writes ATYP, the address and the port; an invalid address
-// is written as 0.0.0.0:0, which RFC 1928 replies use for "none".
-func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
-	ip := ap.Addr().Unmap()
-	switch {
-	case ip.Is4():
-		a := ip.As4()
-		b = append(b, atypIPv4)
-		b = append(b, a[:]...)
-	case ip.Is6():
-		a := ip.As16()
-		b = append(b, atypIPv6)
-		b = append(b, a[:]...)
-	default:
-		b = append(b, atypIPv4, 0, 0, 0, 0)
-		return append(b, 0, 0)
-	}
-	return binary.BigEndian.AppendUint16(b, ap.Port())
-}
-
-// addrPortOf turns a net.Addr of any TCP or UDP kind into an AddrPort.
-func addrPortOf(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		return a.AddrPort()
-	case *net.UDPAddr:
-		return a.AddrPort()
-	}
-	return netip.AddrPort{}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -25,6 +26,10 @@ type Command struct {
 	Summary string // one line for `funtun help`
 	Usage   string // the full --help text, first line the synopsis
 	Run     func(ctx context.Context, env *Env, args []string) int
+	// Daemon commands run until stopped: their flag set (Env.FlagSet)
+	// has --pprof ADDR, served from when ParseFlags accepts it until Run
+	// returns.
+	Daemon bool
 }
 
 var commands = map[string]*Command{}
@@ -33,6 +38,13 @@ var commands = map[string]*Command{}
 func Register(c *Command) {
 	if _, dup := commands[c.Name]; dup {
 		panic("cli: command registered twice: " + c.Name)
+	}
+	if c.Daemon {
+		run := c.Run
+		c.Run = func(ctx context.Context, env *Env, args []string) int {
+			defer env.stopPprof()
+			return run(ctx, env, args)
+		}
 	}
 	commands[c.Name] = c
 }
@@ -57,6 +69,8 @@ func Commands() []*Command {
 type Env struct {
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
+
+	pprof *http.Server // --pprof of a daemon command, while it runs
 }
 
 // NewEnv sets up logging on stderr in the given format ("text" or "json").
@@ -112,12 +126,17 @@ func (env *Env) FlagSet(c *Command) *flag.FlagSet {
 		fs.PrintDefaults()
 		fs.SetOutput(env.Stderr)
 	}
+	if c.Daemon {
+		fs.String(pprofFlag, "", "serve Go's profiler (net/http/pprof) on this loopback `ADDR`, e.g. 127.0.0.1:6060, while running")
+	}
 	return fs
 }
 
 // ParseFlags parses flags with key=value selector words allowed anywhere
 // (profile=NAME, chain='…'); it returns the selector and the other
 // positional arguments. A nil error with done=true means --help was shown.
+// A daemon's --pprof is checked here, before the command binds anything,
+// and served from here on.
 func (env *Env) ParseFlags(fs *flag.FlagSet, args []string) (sel funnel.Selector, rest []string, done bool, err error) {
 	var positional []string
 	for {
@@ -135,7 +154,10 @@ func (env *Env) ParseFlags(fs *flag.FlagSet, args []string) (sel funnel.Selector
 		args = args[1:]
 	}
 	sel, rest, err = funnel.TakeSelector(positional)
-	return sel, rest, false, err
+	if err != nil {
+		return sel, rest, false, err
+	}
+	return sel, rest, false, env.startPprof(fs)
 }
 
 // StringList is a repeatable string flag.

@@ -13,10 +13,14 @@ import (
 	"github.com/funtun/funtun/funnel"
 )
 
-// CompileChain compiles chain text as a profile named "p".
+// CompileChain compiles chain text as a profile named "p" and makes the
+// set live (its pieces open), as a catalog would.
 func CompileChain(chain string) (*funnel.Pipeline, error) {
 	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: chain}})
 	if err != nil {
+		return nil, err
+	}
+	if err := set.Open(); err != nil {
 		return nil, err
 	}
 	pl, _ := set.Profile("p")

@@ -25,7 +25,8 @@ func init() {
 except=MATCH    let flows matching this pass even when to= or all= would refuse them
 all=true        refuse every flow (but those matching except=)
 reason=TEXT     said in the error, e.g. reason='mail goes through the relay'`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -37,6 +38,12 @@ type Deny struct {
 	except match.List
 	reason string
 }
+
+var (
+	_ funnel.StreamDialer = (*Deny)(nil)
+	_ funnel.DgramDialer  = (*Deny)(nil)
+	_ funnel.Transparent  = (*Deny)(nil)
+)
 
 // New builds a deny piece. to= and except= may repeat, which the typed
 // getters do not allow (they keep the last), so it walks every parameter.
@@ -76,9 +83,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: deny only decides; the bytes of a flow it lets pass are untouched.
-func (d *Deny) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
-}
+func (d *Deny) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
 
 func (d *Deny) check(f *funnel.Flow) error {
 	if !d.all && !d.to.Match(f.Dest) {

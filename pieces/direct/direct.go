@@ -21,7 +21,9 @@ func init() {
 timeout=DURATION connect timeout, default 10s
 fallback=DURATION Happy Eyeballs delay before trying the other address family, default 300ms
 keepalive=DURATION TCP keepalive period, default 15s; 0 turns it off`,
-		New: New,
+		EndsChains: true,
+		Curves:     curves,
+		New:        New,
 	})
 }
 
@@ -31,11 +33,12 @@ type Direct struct {
 	timeout   time.Duration
 	fallback  time.Duration
 	keepalive time.Duration
+	plain     bool // built without parameters
 }
 
 // New builds a direct piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
-	d := &Direct{}
+	d := &Direct{plain: p.Len() == 0}
 	var err error
 	if s := p.String("source", ""); s != "" {
 		if d.source, err = netip.ParseAddr(s); err != nil {
@@ -55,9 +58,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: direct ends the chain for both streams and datagrams.
-func (d *Direct) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
-}
+func (d *Direct) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
 
 func (d *Direct) dialer(network string) *net.Dialer {
 	nd := &net.Dialer{Timeout: d.timeout, FallbackDelay: d.fallback, KeepAlive: d.keepalive}
@@ -74,6 +79,27 @@ func (d *Direct) dialer(network string) *net.Dialer {
 	return nd
 }
 
+var (
+	_ funnel.StreamDialer = (*Direct)(nil)
+	_ funnel.DgramDialer  = (*Direct)(nil)
+	_ funnel.Transparent  = (*Direct)(nil)
+	_ funnel.KernelDialer = (*Direct)(nil)
+)
+
+// KernelDial: every stream flow to an address is one connect(2), made as
+// DialStream makes it; the engine's fast path copies this. (Names and the
+// Happy Eyeballs fallback stay with DialStream: the fast path serves
+// addresses only.)
+func (d *Direct) KernelDial() (funnel.DialPolicy, bool) {
+	return funnel.DialPolicy{
+		Timeout:   d.timeout,
+		KeepAlive: d.keepalive,
+		Source:    d.source,
+		ErrPrefix: "direct",
+		Plain:     d.plain,
+	}, true
+}
+
 // Transparent: direct is where a handoff is answered.
 func (d *Direct) Transparent() bool { return true }
 
@@ -85,7 +111,7 @@ func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) 
 		if err != nil {
 			return nil, err
 		}
-		return &funnel.Handoff{Addr: ap}, nil
+		return funnel.AnswerHandoff(ap)
 	}
 	nd := d.dialer("tcp")
 	if !f.Dest.IsName() && f.Dest.IP.IsLoopback() {

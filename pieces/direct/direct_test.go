@@ -2,6 +2,7 @@ package direct_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -83,8 +84,8 @@ func TestDirectHandoffResolves(t *testing.T) {
 	f := funnel.NewFlow("t", funnel.TCP, funnel.MakeAddr("localhost", 8080))
 	f.Handoff = true
 	c, err := pl.DialStream(context.Background(), f)
-	h, ok := c.(*funnel.Handoff)
-	if err != nil || !ok || !h.Addr.Addr().IsLoopback() || h.Addr.Port() != 8080 {
+	var h *funnel.HandoffAnswer
+	if c != nil || !errors.As(err, &h) || !h.Addr.Addr().IsLoopback() || h.Addr.Port() != 8080 {
 		t.Fatalf("handoff: %#v %v", c, err)
 	}
 }

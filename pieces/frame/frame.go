@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 func init() {
@@ -28,7 +29,8 @@ func init() {
 		Summary: "carry datagrams over a stream with a 32-bit length prefix (and back)",
 		Params: `linger=DURATION  stream->dgram only: after the application half-closes, keep
                  delivering replies until none arrives for this long, default 2s`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -39,6 +41,11 @@ const HeaderLen = 4
 type Frame struct {
 	linger time.Duration
 }
+
+var (
+	_ funnel.StreamDialer = (*Frame)(nil)
+	_ funnel.DgramDialer  = (*Frame)(nil)
+)
 
 // New builds a frame piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -54,11 +61,13 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 
 // Curves: datagrams ride a stream below, and a stream of length-prefixed
 // messages from the application rides datagrams below.
-func (*Frame) Curves() []funnel.Curve {
-	return []funnel.Curve{
-		{App: funnel.Dgram, Net: funnel.Stream},
-		{App: funnel.Stream, Net: funnel.Dgram},
-	}
+func (*Frame) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{
+	{App: funnel.Dgram, Net: funnel.Stream},
+	{App: funnel.Stream, Net: funnel.Dgram},
 }
 
 // TooLargeError is returned when a length prefix announces more than a
@@ -91,19 +100,9 @@ type DgramConn struct {
 // NewDgramConn frames datagrams over c.
 func NewDgramConn(c net.Conn) *DgramConn {
 	d := &DgramConn{conn: c, rd: bufio.NewReaderSize(c, 16<<10)}
-	d.local = addrPort(c.LocalAddr())
-	d.remote = addrPort(c.RemoteAddr())
+	d.local = netx.AddrPortOf(c.LocalAddr())
+	d.remote = netx.AddrPortOf(c.RemoteAddr())
 	return d
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		return a.AddrPort()
-	case *net.UDPAddr:
-		return a.AddrPort()
-	}
-	return netip.AddrPort{}
 }
 
 // WriteFrame sends the datagram with its prefix in one write: the prefix

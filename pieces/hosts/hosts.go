@@ -30,7 +30,8 @@ func init() {
 file=PATH       read more names from a file in /etc/hosts format (names given as NAME=IP win)
 strict=BOOL     refuse names that are not listed (host unreachable) instead of passing
                 them on unresolved, default false`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -39,6 +40,12 @@ type Hosts struct {
 	table
 	strict bool
 }
+
+var (
+	_ funnel.StreamDialer = (*Hosts)(nil)
+	_ funnel.DgramDialer  = (*Hosts)(nil)
+	_ funnel.Transparent  = (*Hosts)(nil)
+)
 
 type table struct {
 	exact map[string]netip.Addr
@@ -176,9 +183,11 @@ func (h *Hosts) Lookup(name string) (netip.Addr, bool) {
 }
 
 // Curves: hosts changes where a flow goes, never its bytes.
-func (h *Hosts) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
-}
+func (h *Hosts) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
 
 func (h *Hosts) resolve(ctx context.Context, f *funnel.Flow) (*funnel.Flow, error) {
 	if !f.Dest.IsName() {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 func init() {
@@ -29,7 +30,8 @@ func init() {
 user=NAME         user name for Basic proxy authentication
 pass=PASSWORD     password for Basic proxy authentication (needs user=)
 timeout=DURATION  longest wait for the proxy's answer, default 10s; 0 waits as long as the flow allows`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -40,6 +42,10 @@ type HTTPConnect struct {
 	auth    string // the Proxy-Authorization value, empty without user=
 	timeout time.Duration
 }
+
+var (
+	_ funnel.StreamDialer = (*HTTPConnect)(nil)
+)
 
 // New builds an http-connect piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -75,9 +81,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: a stream in, the proxy's stream out.
-func (h *HTTPConnect) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
-}
+func (h *HTTPConnect) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
 
 // DialStream reaches the proxy through the piece below and asks it to
 // CONNECT. A name is sent as it is, for the proxy to resolve.
@@ -148,11 +156,10 @@ func (h *HTTPConnect) exchange(conn net.Conn, dest funnel.Addr) (net.Conn, error
 	}
 	// A 2xx answer to CONNECT has no body: whatever follows the header is
 	// the destination's first bytes, and some of them may be in br already.
-	if n := br.Buffered(); n > 0 {
-		early, _ := br.Peek(n)
-		return &prefixConn{Conn: conn, early: early}, nil
-	}
-	return conn, nil
+	// Only then is the connection wrapped to yield them first; otherwise
+	// the piece returns the proxy's connection itself.
+	early, _ := br.Peek(br.Buffered())
+	return netx.WithPrefix(conn, early), nil
 }
 
 // statusError names what went wrong in the funnel's kinds, so the hook that
@@ -186,29 +193,4 @@ func (h *HTTPConnect) statusError(resp *http.Response, target string) error {
 		}
 	}
 	return funnel.Errorf(kind, "HTTP proxy %s: CONNECT %s: %s (%s)", h.server, target, why, status)
-}
-
-// prefixConn yields the bytes the proxy sent right after its answer before
-// reading the connection again. It is only used when there are such bytes;
-// otherwise the piece returns the proxy's connection itself.
-type prefixConn struct {
-	net.Conn
-	early []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.early) > 0 {
-		n := copy(b, c.early)
-		c.early = c.early[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}
-
-// CloseWrite keeps half-close working for the relay.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
 }

@@ -17,10 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 func init() {
@@ -29,20 +31,37 @@ func init() {
 		Summary: "write every flow to a pcap file for Wireshark/tshark",
 		Params: `file=PATH        the capture file; {id} in the name makes one file per flow
 snaplen=SIZE     bytes kept of each packet, headers included, default 262144`,
-		New: New,
+		Example: `file=/tmp/flows.pcap`,
+		Curves:  curves,
+		New:     New,
 	})
 }
+
+// curves: a tap changes nothing, so it keeps the shape it is given.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
 
 // Pcap is a configured pcap piece.
 type Pcap struct {
 	path    string
 	perFlow bool
 	snaplen int
-	shared  *writer // the one file every flow writes to, unless perFlow
+	// shared is the one file every flow writes to, unless perFlow: set by
+	// Open when the profile goes live, given up by Close after its last flow.
+	shared atomic.Pointer[writer]
 }
 
-// New opens the capture file now, so that a path that cannot be written is
-// a profile error with its place rather than a surprise on the first flow.
+var (
+	_ funnel.StreamDialer   = (*Pcap)(nil)
+	_ funnel.StreamAcceptor = (*Pcap)(nil)
+	_ funnel.DgramDialer    = (*Pcap)(nil)
+	_ funnel.Opener         = (*Pcap)(nil)
+	_ funnel.Closer         = (*Pcap)(nil)
+)
+
+// New checks the path, so that one that cannot be written is a profile
+// error with its place rather than a surprise on the first flow, but
+// creates, truncates and opens nothing: `funtun profiles check` and a
+// reload that fails leave the file alone. Open opens it.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	path, err := p.Required("file", "/tmp/flows.pcap")
 	if err != nil {
@@ -61,48 +80,77 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 		if strings.Contains(filepath.Dir(path), "{id}") {
 			return nil, p.Errorf("file", "{id} may only appear in the file's name, not in its directory")
 		}
-		dir := filepath.Dir(path)
-		if st, err := os.Stat(dir); err != nil {
-			return nil, p.Errorf("file", "directory %s: %v", dir, errors.Unwrap(err))
-		} else if !st.IsDir() {
-			return nil, p.Errorf("file", "%s is not a directory", dir)
-		}
-		if err := unix.Access(dir, unix.W_OK); err != nil {
-			return nil, p.Errorf("file", "directory %s is not writable: %v", dir, err)
-		}
-		return pc, nil
 	}
-	w, err := acquire(path)
-	if err != nil {
+	if err := checkWritable(path, pc.perFlow); err != nil {
 		return nil, p.Errorf("file", "%v", err)
 	}
-	pc.shared = w
 	return pc, nil
 }
 
-// Curves: a tap changes nothing, so it keeps the shape it is given.
-func (*Pcap) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
+// checkWritable says whether path could be created or written, with
+// stat(2) and access(2) only: it creates and changes nothing.
+func checkWritable(path string, perFlow bool) error {
+	if !perFlow {
+		if st, err := os.Stat(path); err == nil {
+			if st.IsDir() {
+				return fmt.Errorf("%s is a directory", path)
+			}
+			if err := unix.Access(path, unix.W_OK); err != nil {
+				return fmt.Errorf("%s is not writable: %v", path, err)
+			}
+			return nil
+		}
+	}
+	dir := filepath.Dir(path)
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("directory %s: %v", dir, errors.Unwrap(err))
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Errorf("directory %s is not writable: %v", dir, err)
+	}
+	return nil
+}
+
+// Curves: see curves.
+func (*Pcap) Curves() []funnel.Curve { return curves }
+
+// Open creates (truncates) the capture file, when the profile goes live;
+// a file that other live profiles, or the set a reload replaces, already
+// write to is shared, not truncated. With {id} each flow opens its own.
+func (pc *Pcap) Open() error {
+	if pc.perFlow || pc.shared.Load() != nil {
+		return nil
+	}
+	w, err := acquire(pc.path)
+	if err != nil {
+		return fmt.Errorf("file: %v", err)
+	}
+	pc.shared.Store(w)
+	return nil
 }
 
 // Close gives up the shared file; the last piece using it (a reload keeps
 // one open across generations) flushes and closes it.
 func (pc *Pcap) Close() error {
-	if pc.shared == nil {
+	w := pc.shared.Swap(nil)
+	if w == nil {
 		return nil
 	}
-	w := pc.shared
-	pc.shared = nil
 	return w.release()
 }
 
 // writerFor is the file a new flow writes to.
 func (pc *Pcap) writerFor(f *funnel.Flow) (*writer, error) {
 	if !pc.perFlow {
-		if pc.shared == nil {
-			return nil, funnel.Errorf(funnel.KindGeneral, "pcap: %s: the capture is closed", pc.path)
+		w := pc.shared.Load()
+		if w == nil {
+			return nil, funnel.Errorf(funnel.KindGeneral, "pcap: %s: the capture is not open (its profile is not live, or was replaced)", pc.path)
 		}
-		return pc.shared, nil
+		return w, nil
 	}
 	name := strings.ReplaceAll(pc.path, "{id}", strconv.FormatUint(f.ID, 10))
 	w, err := create(name)
@@ -168,22 +216,10 @@ func (pc *Pcap) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next)
 	return &dgramConn{DgramConn: dc, rec: rec}, nil
 }
 
-func netAddrPort(a net.Addr) (netip.AddrPort, bool) {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.Addr().IsValid()
-	case *net.UDPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.Addr().IsValid()
-	}
-	return netip.AddrPort{}, false
-}
-
 // clientAddr is the real client when the hook knows it, else a made-up
 // loopback address whose port tells flows apart.
 func clientAddr(f *funnel.Flow, a net.Addr) netip.AddrPort {
-	if ap, ok := netAddrPort(a); ok {
+	if ap := netx.AddrPortOf(a); ap.IsValid() {
 		return ap
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(49152+f.ID%16384))
@@ -199,13 +235,11 @@ func serverAddr(f *funnel.Flow, reached net.Addr) netip.AddrPort {
 	if !f.Dest.IsName() && f.Dest.IP.IsValid() {
 		return netip.AddrPortFrom(f.Dest.IP, f.Dest.Port)
 	}
-	if ap, ok := netAddrPort(reached); ok {
+	if ap := netx.AddrPortOf(reached); ap.IsValid() {
 		return ap
 	}
 	return netip.AddrPortFrom(madeUpServer, f.Dest.Port)
 }
-
-type closeWriter interface{ CloseWrite() error }
 
 // streamConn records what passes. Outgoing, Write is the client speaking;
 // accepted from the network, Read is.
@@ -238,11 +272,10 @@ func (c *streamConn) Write(p []byte) (int, error) {
 // CloseWrite passes the half-close on, or closes when the connection below
 // cannot half-close (what the relay would have done without the tap).
 func (c *streamConn) CloseWrite() error {
-	cw, ok := c.Conn.(closeWriter)
+	ok, err := netx.HalfClose(c.Conn)
 	if !ok {
 		return c.Close()
 	}
-	err := cw.CloseWrite()
 	c.rec.fin(c.outgoing)
 	return err
 }

@@ -20,25 +20,20 @@ import (
 	_ "github.com/funtun/funtun/pieces/direct"
 )
 
+// compile compiles text as profile p and makes it live, as a Catalog
+// would. closeAll retires the set: with no flow holding it, its pieces
+// close at once, so the file is complete before tshark reads it.
 func compile(t *testing.T, text string) (*funnel.Pipeline, func()) {
 	t.Helper()
 	set, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test.profile", Text: text}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, _ := set.Profile("p")
-	// Closing the pieces is what a retired set does; the test does it
-	// itself so that the file is complete before tshark reads it.
-	closeAll := func() {
-		for _, p := range pl.Pieces() {
-			if c, ok := p.(funnel.Closer); ok {
-				if err := c.Close(); err != nil {
-					t.Errorf("close %T: %v", p, err)
-				}
-			}
-		}
+	if err := set.Open(); err != nil {
+		t.Fatal(err)
 	}
-	return pl, closeAll
+	pl, _ := set.Profile("p")
+	return pl, set.Retire
 }
 
 // pattern is recognisable bytes, different for each seed.
@@ -369,6 +364,9 @@ func TestSharedFileAcrossProfiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := set.Open(); err != nil {
+		t.Fatal(err)
+	}
 	a, _ := set.Profile("a")
 	b, _ := set.Profile("b")
 	var wg sync.WaitGroup
@@ -377,8 +375,7 @@ func TestSharedFileAcrossProfiles(t *testing.T) {
 	go func() { defer wg.Done(); ca = tcpFlow(t, a, funnel.AddrFromNet(server), pattern(70000, 1)) }()
 	go func() { defer wg.Done(); cb = tcpFlow(t, b, funnel.AddrFromNet(server), pattern(70000, 2)) }()
 	wg.Wait()
-	a.Pieces()[0].(funnel.Closer).Close()
-	b.Pieces()[0].(funnel.Closer).Close()
+	set.Retire()
 	conv := tshark(t, "-r", file, "-q", "-z", "conv,tcp")
 	if ca == nil || cb == nil || !strings.Contains(conv, ca.String()+" ") || !strings.Contains(conv, cb.String()+" ") {
 		t.Fatalf("the shared file lacks a flow (%v, %v):\n%s", ca, cb, conv)
@@ -391,6 +388,7 @@ func TestBadPathIsAProfileError(t *testing.T) {
 		"pcap file=/nonexistent-funtun-dir/x.pcap",
 		"pcap file=/nonexistent-funtun-dir/x-{id}.pcap",
 		"pcap file=/tmp/{id}/x.pcap",
+		"pcap file=/tmp",
 		"pcap file=/dev/null snaplen=10",
 		"pcap",
 	} {

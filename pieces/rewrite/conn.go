@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/funtun/funtun/internal/netx"
 )
 
 // chunk bounds what one step of the rewriting takes in, so that a huge
@@ -114,11 +116,8 @@ func (c *conn) CloseWrite() error {
 	if err != nil {
 		return err
 	}
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
 	// No half-close below: closing is what the relay would do instead.
-	return c.Conn.Close()
+	return netx.CloseWrite(c.Conn)
 }
 
 // Close sends the held tail when it can do so without waiting for a Write

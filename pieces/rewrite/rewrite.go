@@ -22,7 +22,8 @@ to=TEXT       the replacement, default empty (delete); with regex=true, $1 and $
 dir=up|down|both  up: from the application toward the network; down: back; default both
 regex=BOOL    treat from as a regular expression, default false
 max=SIZE      longest match guaranteed to be found across reads, and the most held back per direction, default 64k`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -32,6 +33,11 @@ type Rewrite struct {
 	// newReplacer makes one direction's state; each flow gets its own.
 	newReplacer func() replacer
 }
+
+var (
+	_ funnel.StreamDialer   = (*Rewrite)(nil)
+	_ funnel.StreamAcceptor = (*Rewrite)(nil)
+)
 
 // New builds a rewrite piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -79,9 +85,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: bytes in, bytes out.
-func (r *Rewrite) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
-}
+func (r *Rewrite) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
 
 // DialStream wraps the connection below so that writes (up) and reads
 // (down) are rewritten.

@@ -24,7 +24,8 @@ func init() {
                  it and its subdomains, host.example.org for that name only), port:N or port:N-M,
                  ipv4, ipv6, name (not yet resolved) or addr; a comma list matches any of them
 default=PROFILE  where flows matching no rule go, default direct`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -38,6 +39,12 @@ type Route struct {
 	rules []rule
 	other *funnel.ProfileRef
 }
+
+var (
+	_ funnel.StreamDialer = (*Route)(nil)
+	_ funnel.DgramDialer  = (*Route)(nil)
+	_ funnel.Transparent  = (*Route)(nil)
+)
 
 // New builds a route piece. Its keys are the rules themselves, so it reads
 // every parameter and reports positions itself.
@@ -93,9 +100,11 @@ func New(p *funnel.Params, b funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: the net edge of route is another profile, so nothing may follow it.
-func (r *Route) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
-}
+func (r *Route) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funnel.Dgram, Net: funnel.Kernel}}
 
 func (r *Route) choose(ctx context.Context, f *funnel.Flow) (*funnel.Pipeline, error) {
 	to, why := r.other, "default"

@@ -21,7 +21,8 @@ burst=SIZE       bytes that may pass at once after a quiet spell, default rate/1
 per=flow|profile one bucket per flow (default), or one shared by every flow of the profile
 delay=DURATION   one-way latency added to every chunk or datagram, both directions
 queue=N          datagrams held per direction while delayed, default 1024; more are dropped`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -37,6 +38,13 @@ type Shape struct {
 	// up and down are the profile's buckets when per=profile.
 	up, down *bucket
 }
+
+var (
+	_ funnel.StreamDialer   = (*Shape)(nil)
+	_ funnel.StreamAcceptor = (*Shape)(nil)
+	_ funnel.DgramDialer    = (*Shape)(nil)
+	_ funnel.Transparent    = (*Shape)(nil)
+)
 
 // New builds a shape piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -78,9 +86,11 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 }
 
 // Curves: shaping keeps the shape.
-func (*Shape) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
-}
+func (*Shape) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
 
 // idle is a shape that shapes nothing: it stays out of the way entirely,
 // so the relay can still splice.

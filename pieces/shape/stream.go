@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/funtun/funtun/internal/netx"
 )
 
 // chunkSize is the most one delayed chunk holds.
@@ -150,7 +152,7 @@ func (c *streamConn) send() {
 		if c.sendErr.Load() == nil {
 			var err error
 			if ch.closeWrite {
-				err = c.closeWriteNow()
+				err = netx.CloseWrite(c.Conn)
 			} else {
 				_, err = c.Conn.Write(ch.data)
 			}
@@ -255,15 +257,6 @@ func (c *streamConn) nextChunk() error {
 	}
 }
 
-type closeWriter interface{ CloseWrite() error }
-
-func (c *streamConn) closeWriteNow() error {
-	if cw, ok := c.Conn.(closeWriter); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
-
 // CloseWrite half-closes after every byte written before it, delay and all.
 func (c *streamConn) CloseWrite() error {
 	c.wmu.Lock()
@@ -273,7 +266,7 @@ func (c *streamConn) CloseWrite() error {
 	}
 	c.writeClosed = true
 	if c.out == nil {
-		return c.closeWriteNow()
+		return netx.CloseWrite(c.Conn)
 	}
 	return c.enqueue(chunk{closeWrite: true, due: time.Now().Add(c.delay)})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
 func init() {
@@ -26,7 +27,8 @@ func init() {
 user=NAME         user name for RFC 1929 authentication
 pass=PASSWORD     password for RFC 1929 authentication (needs user=)
 timeout=DURATION  longest wait for the server's handshake answers, default 10s; 0 waits as long as the flow allows`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -36,6 +38,11 @@ type Socks5 struct {
 	user, pass string
 	timeout    time.Duration
 }
+
+var (
+	_ funnel.StreamDialer = (*Socks5)(nil)
+	_ funnel.DgramDialer  = (*Socks5)(nil)
+)
 
 // New builds a socks5 piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -68,11 +75,13 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 // Curves: streams travel over the server's TCP connection. Datagrams need
 // that TCP connection too (it holds the association open) plus a datagram
 // path to the server's relay, so the compiler checks both below.
-func (s *Socks5) Curves() []funnel.Curve {
-	return []funnel.Curve{
-		{App: funnel.Stream, Net: funnel.Stream},
-		{App: funnel.Dgram, Net: funnel.Stream, Also: funnel.Dgram},
-	}
+func (s *Socks5) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{
+	{App: funnel.Stream, Net: funnel.Stream},
+	{App: funnel.Dgram, Net: funnel.Stream, Also: funnel.Dgram},
 }
 
 // towardServer is the flow as the piece below sees it: aimed at the SOCKS5
@@ -100,7 +109,7 @@ func (s *Socks5) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Nex
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.handshake(ctx, conn, cmdConnect, f.Dest); err != nil {
+	if _, err := s.handshake(ctx, conn, socks5wire.CmdConnect, f.Dest); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -148,19 +157,19 @@ func (s *Socks5) negotiate(conn net.Conn, cmd byte, dest funnel.Addr) (funnel.Ad
 	if _, err := io.ReadFull(conn, answer[:]); err != nil {
 		return funnel.Addr{}, fmt.Errorf("socks5 server %s: reading its method choice: %w", s.server, err)
 	}
-	if answer[0] != version {
+	if answer[0] != socks5wire.Version {
 		return funnel.Addr{}, funnel.Errorf(funnel.KindGeneral, "socks5 server %s: answered with version %d, not 5 (is it a SOCKS5 server?)", s.server, answer[0])
 	}
 	switch answer[1] {
-	case methodNone:
-	case methodPassword:
+	case socks5wire.MethodNone:
+	case socks5wire.MethodPassword:
 		if s.user == "" {
 			return funnel.Addr{}, funnel.Errorf(funnel.KindGeneral, "socks5 server %s: chose password authentication, which we did not offer", s.server)
 		}
 		if err := s.authenticate(conn); err != nil {
 			return funnel.Addr{}, err
 		}
-	case methodRefused:
+	case socks5wire.MethodNoAcceptable:
 		if s.user == "" {
 			return funnel.Addr{}, funnel.Errorf(funnel.KindDenied, "socks5 server %s: requires authentication; give user= and pass=", s.server)
 		}
@@ -182,7 +191,7 @@ func (s *Socks5) authenticate(conn net.Conn) error {
 	if _, err := io.ReadFull(conn, status[:]); err != nil {
 		return fmt.Errorf("socks5 server %s: reading the authentication answer: %w", s.server, err)
 	}
-	if status[1] != 0 {
+	if status[1] != socks5wire.AuthSucceeded {
 		return funnel.Errorf(funnel.KindDenied, "socks5 server %s: authentication failed for user %q (wrong user or password)", s.server, s.user)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
 // DialDgram opens a UDP association: a control connection to the server
@@ -19,7 +20,7 @@ import (
 func (s *Socks5) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next) (funnel.DgramConn, error) {
 	// The header is the same for every datagram of the flow, so it is built
 	// once; a frame only has FrameHeadroom bytes in front of its payload.
-	header, err := appendAddr([]byte{0, 0, 0}, f.Dest)
+	header, err := socks5wire.AppendAddr([]byte{0, 0, 0}, f.Dest)
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +34,7 @@ func (s *Socks5) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next
 	// We do not know the address our datagrams will come from (the piece
 	// below may be another proxy), so we send the unspecified address, which
 	// RFC 1928 allows.
-	bound, err := s.handshake(ctx, ctrl, cmdUDPAssociate, funnel.Addr{})
+	bound, err := s.handshake(ctx, ctrl, socks5wire.CmdUDPAssociate, funnel.Addr{})
 	if err != nil {
 		ctrl.Close()
 		return nil, err
@@ -106,7 +107,7 @@ func (c *udpConn) ReadFrame() (*funnel.Frame, error) {
 			fr.Release()
 			continue
 		}
-		src, n, err := parseAddr(b[3:])
+		src, n, err := socks5wire.ParseAddr(b[3:])
 		if err != nil || (c.dest.IsValid() && src.AddrPort() != c.dest) {
 			fr.Release()
 			continue

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/socks5wire"
 )
 
 // scriptedServer plays the server side of one handshake over a pipe: it
@@ -48,7 +49,7 @@ func TestHandshakeBytes(t *testing.T) {
 		// The name travels unresolved, as ATYP 3.
 		{append(append([]byte{5, 1, 0, 3, 11}, "example.org"...), 0x01, 0xbb), {5, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x30, 0x39}},
 	})
-	bound, err := s.handshake(context.Background(), client, cmdConnect, funnel.MakeAddr("example.org", 443))
+	bound, err := s.handshake(context.Background(), client, socks5wire.CmdConnect, funnel.MakeAddr("example.org", 443))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,23 +70,23 @@ func TestRequestEncoding(t *testing.T) {
 		{funnel.MakeAddr("2001:db8::1", 53), []byte{5, 1, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 53}},
 		{funnel.MakeAddr("a.b", 8080), []byte{5, 1, 0, 3, 3, 'a', '.', 'b', 0x1f, 0x90}},
 	} {
-		got, _, err := request(cmdConnect, tc.dest)
+		got, _, err := request(socks5wire.CmdConnect, tc.dest)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, tc.want) {
 			t.Errorf("%v: % x, want % x", tc.dest, got, tc.want)
 		}
-		a, n, err := parseAddr(got[3:])
+		a, n, err := socks5wire.ParseAddr(got[3:])
 		if err != nil || n != len(got)-3 || a != tc.dest {
 			t.Errorf("%v: parsed back as %v (%d bytes, %v)", tc.dest, a, n, err)
 		}
 	}
-	got, _, _ := request(cmdUDPAssociate, funnel.Addr{})
+	got, _, _ := request(socks5wire.CmdUDPAssociate, funnel.Addr{})
 	if want := []byte{5, 3, 0, 1, 0, 0, 0, 0, 0, 0}; !bytes.Equal(got, want) {
 		t.Errorf("UDP ASSOCIATE: % x, want % x", got, want)
 	}
-	if _, _, err := request(cmdConnect, funnel.MakeAddr(string(make([]byte, 256)), 1)); funnel.Classify(err) != funnel.KindAddrNotSupported {
+	if _, _, err := request(socks5wire.CmdConnect, funnel.MakeAddr(string(make([]byte, 256)), 1)); funnel.Classify(err) != funnel.KindAddrNotSupported {
 		t.Errorf("a 256-byte name: %v", err)
 	}
 }
@@ -124,7 +125,7 @@ func (l *loopRelay) Close() error                      { return nil }
 
 func TestUDPHeaderNoAllocation(t *testing.T) {
 	dest := funnel.MakeAddr("192.0.2.9", 5004)
-	header, _ := appendAddr([]byte{0, 0, 0}, dest)
+	header, _ := socks5wire.AppendAddr([]byte{0, 0, 0}, dest)
 	relay := &loopRelay{queue: make(chan *funnel.Frame, 1)}
 	c := &udpConn{relay: relay, header: header, dest: dest.AddrPort()}
 	payload := []byte("rtp-like payload")
@@ -160,7 +161,7 @@ func TestUDPDropsForeignAndFragments(t *testing.T) {
 	c := &udpConn{relay: relay, dest: dest.AddrPort()}
 	put := func(frag byte, from funnel.Addr, payload string) {
 		fr := funnel.NewFrame()
-		b, _ := appendAddr([]byte{0, 0, frag}, from)
+		b, _ := socks5wire.AppendAddr([]byte{0, 0, frag}, from)
 		fr.SetLen(copy(fr.Room(), append(b, payload...)))
 		relay.queue <- fr
 	}

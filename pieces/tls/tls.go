@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 func init() {
@@ -37,7 +38,8 @@ key=FILE          PEM private key for cert=
 insecure=BOOL     do not verify the server's certificate (testing only), default false
 min=1.2|1.3       lowest TLS version to accept, default 1.2
 timeout=DURATION  how long the handshake may take, default 10s`,
-		New: New,
+		Curves: curves,
+		New:    New,
 	})
 }
 
@@ -53,6 +55,11 @@ type TLS struct {
 	sessions tls.ClientSessionCache
 	server   *tls.Config // nil without cert=
 }
+
+var (
+	_ funnel.StreamDialer   = (*TLS)(nil)
+	_ funnel.StreamAcceptor = (*TLS)(nil)
+)
 
 // New builds a tls piece; every file is read and parsed here.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
@@ -201,9 +208,11 @@ func readKeyPair(p *funnel.Params, certName, keyName string) (*tls.Certificate, 
 }
 
 // Curves: TLS records over a stream.
-func (t *TLS) Curves() []funnel.Curve {
-	return []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
-}
+func (t *TLS) Curves() []funnel.Curve { return curves }
+
+// curves are what Curves returns and what the registration declares
+// (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
+var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}}
 
 // serverName is what the client sends as SNI and checks the certificate
 // against: an IP address is checked against the certificate's IP entries
@@ -340,8 +349,8 @@ func (c *conn) CloseWrite() error {
 	if err := c.Conn.CloseWrite(); err != nil {
 		return err
 	}
-	if cw, ok := c.raw.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	// Below a conn without a half-close, close_notify has said it: the
+	// read side stays open for the peer's answer.
+	_, err := netx.HalfClose(c.raw)
+	return err
 }

@@ -1,4 +1,4 @@
-package socks5d
+package funnel
 
 import (
 	"encoding/binary"
@@ -145,4 +145,11 @@ func sysEpollWait(ep int, events []unix.EpollEvent) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
+}
+
+func sysBind(fd int, ap netip.AddrPort) error {
+	var rsa unix.RawSockaddrAny
+	l := sockaddrOf(ap, &rsa)
+	_, _, e := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), l)
+	return rawErr(e)
 }
