@@ -27,10 +27,23 @@ echo "test-deps: installing ${missing[*]}"
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
+# Package installs may start daemons we only want as test peers. Stop only
+# what this install started: services that were not running before, and
+# processes whose PIDs are new — never another user's danted.
+daemons=(danted tinyproxy haproxy)
+declare -A was_active before
+for svc in "${daemons[@]}"; do
+  systemctl is-active --quiet "$svc" 2>/dev/null && was_active[$svc]=1
+  before[$svc]=" $(pgrep -x "$svc" | tr '\n' ' ') "
+done
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Package installs may start daemons we only want as test peers.
-for svc in danted tinyproxy haproxy; do
-  $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO pkill -x "$svc" >/dev/null 2>&1 || true
+for svc in "${daemons[@]}"; do
+  if [[ -z ${was_active[$svc]:-} ]] && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
+  fi
+  for pid in $(pgrep -x "$svc"); do
+    [[ ${before[$svc]} == *" $pid "* ]] || $SUDO kill "$pid" 2>/dev/null || true
+  done
 done
 echo "test-deps: done"

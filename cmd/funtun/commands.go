@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -126,14 +127,32 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 	cat := env.Catalog()
 	switch sub {
 	case "list":
-		srcs, err := cat.Sources()
-		if err != nil {
-			fmt.Fprintln(env.Stderr, err)
+		// Every profile with its state: a broken one is listed as such
+		// (its first error line), and the exit status says whether any is.
+		srcs, srcErr := cat.Sources()
+		set, _ := funnel.CompileSet(srcs)
+		broken := 0
+		for _, src := range srcs {
+			err := set.Broken(src.Name)
+			state := "ok"
+			if err != nil {
+				state = "BROKEN"
+				broken++
+			}
+			fmt.Fprintf(env.Stdout, "%-16s %-7s %s\n", src.Name, state, src.Origin)
+			if err != nil {
+				fmt.Fprintf(env.Stdout, "    %s\n", firstLine(err.Error()))
+			}
 		}
-		for _, s := range srcs {
-			fmt.Fprintf(env.Stdout, "%-16s %s\n", s.Name, s.Origin)
+		if srcErr != nil {
+			// Files that could not be read or have no usable name.
+			for _, line := range strings.Split(srcErr.Error(), "\n") {
+				fmt.Fprintf(env.Stdout, "%-16s %-7s %s\n", "?", "BROKEN", line)
+				broken++
+			}
 		}
-		if err != nil {
+		if broken > 0 {
+			fmt.Fprintf(env.Stderr, "funtun profiles: %d broken (`funtun profiles check` says why)\n", broken)
 			return 1
 		}
 		return 0
@@ -149,10 +168,9 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 		}
 		// Compile only: showing a profile must not open its files
 		// (funnel.Opener), so the set never goes live.
-		set, err := cat.Compile()
-		if err != nil {
-			return env.Errorf("profiles", "%v", err)
-		}
+		// Other profiles' errors do not matter here: the one asked for
+		// shows, or says its own error.
+		set, _ := cat.Compile()
 		pl, err := cat.ResolveIn(set, sel)
 		if err != nil {
 			return env.Errorf("profiles", "%v", err)
@@ -170,29 +188,51 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 // set never goes live, so no piece opens anything (funnel.Opener) and a
 // capture file of a running daemon stays as it is.
 func checkProfiles(env *cli.Env, cat *funnel.Catalog, files []string) int {
-	srcs, err := cat.Sources()
-	if err != nil {
-		fmt.Fprintln(env.Stderr, err)
-		return 1
+	// Everything is checked and every error reported: a file with a bad
+	// name or an unreadable one does not stop the others.
+	srcs, srcErr := cat.Sources()
+	var errs []error
+	if srcErr != nil {
+		errs = append(errs, srcErr)
 	}
 	var extra []funnel.Source
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			fmt.Fprintf(env.Stderr, "%s: cannot read: %v\n", f, err)
-			return 1
+			errs = append(errs, fmt.Errorf("%s: cannot read: %v", f, err))
+			continue
 		}
 		name := strings.TrimSuffix(baseName(f), funnel.ProfileExt)
 		extra = append(extra, funnel.Source{Name: name, Origin: f, Text: string(data)})
 	}
 	set, err := funnel.CompileSet(append(extra, srcs...))
 	if err != nil {
-		fmt.Fprintln(env.Stderr, err)
+		errs = append(errs, err)
+	}
+	broken := 0
+	for _, name := range set.Names() {
+		if set.Broken(name) != nil {
+			broken++
+		}
+	}
+	compiled := len(set.Names()) - broken
+	if srcErr != nil {
+		broken += strings.Count(srcErr.Error(), "\n") + 1
+	}
+	if len(errs) > 0 {
+		fmt.Fprintln(env.Stderr, errors.Join(errs...))
+		fmt.Fprintf(env.Stdout, "%d profiles compiled, %d broken\n", compiled, broken)
 		return 1
 	}
-	n := len(set.Names())
-	fmt.Fprintf(env.Stdout, "%d profiles compiled, no errors\n", n)
+	fmt.Fprintf(env.Stdout, "%d profiles compiled, no errors\n", len(set.Names()))
 	return 0
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
 }
 
 func baseName(p string) string {

@@ -24,6 +24,10 @@ func main() {
 func run(args []string) int {
 	format, level := "text", slog.LevelInfo
 	launcherArgs := false
+	if len(args) > 0 && args[0] == "-h" {
+		// The same help as --help and `funtun help`.
+		args = []string{"help"}
+	}
 	// Global options come before the subcommand or program.
 	for len(args) > 0 && strings.HasPrefix(args[0], "--") && args[0] != "--" {
 		opt := args[0]

@@ -57,8 +57,8 @@ func TestProfilesCommands(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "good.profile"), []byte("# a comment\ndirect timeout=3s\n"), 0o644)
 
 	out, code := funtun(t, env, "profiles")
-	if code != 0 || !regexp.MustCompile(`(?m)^good +`+regexp.QuoteMeta(filepath.Join(dir, "good.profile"))).MatchString(out) ||
-		!regexp.MustCompile(`(?m)^direct +built-in`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`(?m)^good +ok +`+regexp.QuoteMeta(filepath.Join(dir, "good.profile"))).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^direct +ok +built-in`).MatchString(out) {
 		t.Errorf("funtun profiles:\n%s", out)
 	}
 	out, code = funtun(t, env, "profiles", "show", "good")
@@ -83,6 +83,43 @@ func TestProfilesCommands(t *testing.T) {
 	out, code = funtun(t, env, "profiles", "show", "nope")
 	if code != 1 || !strings.Contains(out, `no profile named "nope"`) {
 		t.Errorf("profiles show nope: exit %d\n%s", code, out)
+	}
+}
+
+// One broken profile, or a file with a name no profile can have, does not
+// hide the others: every profile is listed with its state, every error is
+// reported, and the exit status says that something is broken.
+func TestProfilesWithBrokenOnes(t *testing.T) {
+	dir, env := testutil.ProfileDir(t)
+	os.WriteFile(filepath.Join(dir, "good.profile"), []byte("direct\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "bad.profile"), []byte("direct nosuch=1\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "bad name!.profile"), []byte("direct\n"), 0o644)
+	out, code := funtun(t, env, "profiles")
+	if code != 1 || !regexp.MustCompile(`(?m)^good +ok `).MatchString(out) || !regexp.MustCompile(`(?m)^bad +BROKEN `).MatchString(out) ||
+		!strings.Contains(out, `piece "direct" has no parameter "nosuch"`) || !strings.Contains(out, `"bad name!" is not a usable profile name`) {
+		t.Errorf("funtun profiles: exit %d\n%s", code, out)
+	}
+	out, code = funtun(t, env, "profiles", "show", "good")
+	if code != 0 || !strings.Contains(out, "profile good") {
+		t.Errorf("profiles show good beside a broken one: exit %d\n%s", code, out)
+	}
+	out, code = funtun(t, env, "profiles", "show", "bad")
+	if code != 1 || !strings.Contains(out, `bad.profile:1:8: piece "direct" has no parameter "nosuch"`) {
+		t.Errorf("profiles show bad: exit %d\n%s", code, out)
+	}
+	out, code = funtun(t, env, "profiles", "check")
+	if code != 1 || !strings.Contains(out, `bad.profile:1:8:`) || !strings.Contains(out, `"bad name!" is not a usable profile name`) || !strings.Contains(out, "2 profiles compiled, 2 broken") {
+		t.Errorf("profiles check: exit %d\n%s", code, out)
+	}
+}
+
+// -h, --help and help say the same.
+func TestShortHelp(t *testing.T) {
+	_, env := testutil.ProfileDir(t)
+	long, _ := funtun(t, env, "--help")
+	short, code := funtun(t, env, "-h")
+	if code != 0 || short != long || !strings.Contains(short, "Commands:") {
+		t.Errorf("funtun -h (exit %d) differs from funtun --help:\n%s", code, short)
 	}
 }
 
