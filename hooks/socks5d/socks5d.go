@@ -39,9 +39,9 @@ and adds USER to FILE as a bcrypt hash, replacing the user's old line.
 Examples:
   funtun socks5d chain='rewrite from=hello to=HOWDY'
   curl --socks5-hostname 127.0.0.1:1080 http://example.org/
-  funtun socks5d adduser ~/.config/funtun/socks-users work work
+  funtun socks5d adduser ~/.config/funtun/socks-users alice direct
   funtun socks5d --listen 0.0.0.0:1080 --listen [::]:1080 --users ~/.config/funtun/socks-users
-  funtun socks5d --listen 192.168.1.2:1080 --allow 192.168.1.0/24 profile=tor
+  funtun socks5d --listen 192.168.1.2:1080 --allow 192.168.1.0/24 chain='socks5 server=127.0.0.1:9050'
   funtun socks5d --map services.map chain='tls cert=c.pem key=k.pem'
 
 When the profile is plain ` + "`direct`" + ` and there is no --users or --map, CONNECTs
