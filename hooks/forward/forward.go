@@ -7,10 +7,12 @@ package forward
 import (
 	"context"
 	"errors"
+	"github.com/funtun/funtun/internal/netx"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -48,8 +50,10 @@ type Forwarder struct {
 	Selector funnel.Selector
 	To       funnel.Addr
 	Inbound  bool
-	Idle     time.Duration // UDP sessions end after this long without traffic
-	Log      *slog.Logger
+	// Idle ends a UDP session without traffic (checked every Idle, so it
+	// ends between one and two periods after the last datagram).
+	Idle time.Duration
+	Log  *slog.Logger
 }
 
 func run(ctx context.Context, env *cli.Env, args []string) int {
@@ -59,7 +63,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	to := fs.String("to", "", "destination HOST:PORT of every flow")
 	udp := fs.Bool("udp", false, "forward UDP datagrams instead of TCP connections")
 	inbound := fs.Bool("inbound", false, "accepted connections come from the network: run the profile's pieces as a server")
-	idle := fs.Duration("idle", 60*time.Second, "end a UDP session after this long without traffic")
+	idle := fs.Duration("idle", 60*time.Second, "end a UDP session after this long without traffic (checked every period: it ends within twice that)")
 	sel, rest, done, err := env.ParseFlags(fs, args)
 	if done {
 		return 0
@@ -182,8 +186,6 @@ type udpSession struct {
 	run  *funnel.Run
 	conn funnel.DgramConn
 	flow *funnel.Flow
-	last time.Time
-	mu   sync.Mutex
 }
 
 // ServeUDP keeps one flow per source address; replies from the chain go
@@ -237,24 +239,11 @@ func (fw *Forwarder) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			}()
 		}
 		mu.Unlock()
-		s.touch()
 		s.flow.Up.Add(int64(n))
 		if err := s.conn.WriteFrame(fr); err != nil {
 			s.flow.Log.Debug("udp write", "err", err)
 		}
 	}
-}
-
-func (s *udpSession) touch() {
-	s.mu.Lock()
-	s.last = time.Now()
-	s.mu.Unlock()
-}
-
-func (s *udpSession) idleFor() time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return time.Since(s.last)
 }
 
 func (fw *Forwarder) openUDP(ctx context.Context, src netip.AddrPort) (*udpSession, error) {
@@ -271,27 +260,26 @@ func (fw *Forwarder) openUDP(ctx context.Context, src netip.AddrPort) (*udpSessi
 		r.End(err)
 		return nil, err
 	}
-	return &udpSession{run: r, conn: c, flow: f, last: time.Now()}, nil
+	return &udpSession{run: r, conn: c, flow: f}, nil
 }
 
 // pumpBack returns the chain's datagrams to the source until the session
 // has been idle for fw.Idle.
 func (fw *Forwarder) pumpBack(pc *net.UDPConn, src netip.AddrPort, s *udpSession) {
+	var idled atomic.Bool
+	stop := netx.IdleWatch(fw.Idle, func() int64 { return s.flow.Up.Load() + s.flow.Down.Load() }, func() {
+		idled.Store(true)
+		s.conn.Close()
+	})
 	var err error
 	for {
-		s.conn.SetReadDeadline(time.Now().Add(fw.Idle))
 		fr, rerr := s.conn.ReadFrame()
 		if rerr != nil {
-			var ne net.Error
-			if errors.As(rerr, &ne) && ne.Timeout() && s.idleFor() < fw.Idle {
-				continue
-			}
-			if !(errors.As(rerr, &ne) && ne.Timeout()) && !errors.Is(rerr, net.ErrClosed) {
+			if !idled.Load() && !errors.Is(rerr, net.ErrClosed) {
 				err = rerr
 			}
 			break
 		}
-		s.touch()
 		s.flow.Down.Add(int64(fr.Len()))
 		_, werr := pc.WriteToUDPAddrPort(fr.Bytes(), src)
 		fr.Release()
@@ -300,6 +288,7 @@ func (fw *Forwarder) pumpBack(pc *net.UDPConn, src netip.AddrPort, s *udpSession
 			break
 		}
 	}
+	stop()
 	s.conn.Close()
 	s.run.End(err)
 }
