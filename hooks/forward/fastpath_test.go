@@ -31,8 +31,8 @@ type pathRec struct {
 }
 
 func (p *pathRec) Enabled(context.Context, slog.Level) bool { return true }
-func (p *pathRec) WithAttrs([]slog.Attr) slog.Handler        { return p }
-func (p *pathRec) WithGroup(string) slog.Handler             { return p }
+func (p *pathRec) WithAttrs([]slog.Attr) slog.Handler       { return p }
+func (p *pathRec) WithGroup(string) slog.Handler            { return p }
 func (p *pathRec) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "flow" && r.Message != "flow failed" {
 		return nil

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/netx"
@@ -203,9 +202,9 @@ func dialTarget(ctx context.Context, t mapTarget, f *funnel.Flow, client net.Con
 		c, err := d.DialContext(ctx, "unix", t.addr)
 		return c, func() {}, err
 	}
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := streamSocketpair()
 	if err != nil {
-		return nil, nil, os.NewSyscallError("socketpair", err)
+		return nil, nil, err
 	}
 	ours := os.NewFile(uintptr(fds[0]), "socks5d-exec")
 	theirs := os.NewFile(uintptr(fds[1]), "socks5d-exec-child")

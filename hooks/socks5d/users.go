@@ -16,7 +16,7 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 )
 
 // Users is a loaded users file: one `user:bcrypt-hash[:profile]` a line,
@@ -254,31 +254,21 @@ func AddUser(path, user, pass, profile string) (replaced bool, err error) {
 // scripts: `echo secret | funtun socks5d adduser FILE USER`).
 func readPasswordInput(stdin *os.File, prompt io.Writer, user string) (string, error) {
 	fd := int(stdin.Fd())
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-	if err != nil {
+	if !term.IsTerminal(fd) {
 		line, err := bufio.NewReader(stdin).ReadString('\n')
 		if err != nil && !(errors.Is(err, io.EOF) && line != "") {
 			return "", fmt.Errorf("reading the password from stdin: %v", err)
 		}
 		return strings.TrimRight(line, "\r\n"), nil
 	}
-	quiet := *old
-	quiet.Lflag &^= unix.ECHO
-	quiet.Lflag |= unix.ICANON | unix.ISIG
-	quiet.Iflag |= unix.ICRNL
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &quiet); err != nil {
-		return "", err
-	}
-	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
-	r := bufio.NewReader(stdin)
 	ask := func(p string) (string, error) {
 		fmt.Fprint(prompt, p)
-		line, err := r.ReadString('\n')
+		line, err := term.ReadPassword(fd)
 		fmt.Fprintln(prompt)
 		if err != nil {
 			return "", err
 		}
-		return strings.TrimRight(line, "\r\n"), nil
+		return string(line), nil
 	}
 	first, err := ask("Password for " + user + ": ")
 	if err != nil {
