@@ -1,12 +1,35 @@
 // Package deny is the piece that refuses flows by destination. The refusal
 // is a KindDenied error, which every hook says in its own language: SOCKS5
 // reply 2 (not allowed by ruleset), EACCES for a hooked program's connect().
+//
+// A destination is judged by what it reaches (package match: 0.0.0.0 and
+// :: are this host's loopback, mapped addresses are IPv4, "127.1" is
+// 127.0.0.1, localhost is loopback). A name is judged as a name and as
+// each address it reaches:
+//
+//  0. a numeric name ("127.1", "0") is the address it spells: it is judged
+//     as that address, and the name rules of to= (name, domains) refuse it
+//     too; only an except= that matches the address lets it pass;
+//  1. an except= rule that matches the name itself (a domain, name, a
+//     port) lets the flow pass: an exception by name covers whatever the
+//     name resolves to;
+//  2. all=true, or a to= rule that matches the name itself, refuses it;
+//  3. each address it stands for without a lookup (localhost) and, when
+//     to= has a CIDR or address rule and resolve= is on, each address
+//     net.DefaultResolver gives for it, is refused when a to= rule matches
+//     it and no except= rule does: the flow is refused if ANY is;
+//  4. a name the resolver cannot resolve passes: the piece below fails the
+//     same way if it resolves locally, and a piece that resolves remotely
+//     (a socks5 upstream) may know names the local resolver does not.
+//     With all=true a name never gets this far without an except= by name.
 package deny
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/funtun/funtun/funnel"
@@ -24,6 +47,8 @@ func init() {
                 ipv4, ipv6, name (not yet resolved) or addr
 except=MATCH    let flows matching this pass even when to= or all= would refuse them
 all=true        refuse every flow (but those matching except=)
+resolve=BOOL    look a name up to check it against to='s CIDR and address rules, default true;
+                false where the chain resolves names remotely and no DNS query may leave here
 reason=TEXT     said in the error, e.g. reason='mail goes through the relay'`,
 		Curves: curves,
 		New:    New,
@@ -37,6 +62,9 @@ type Deny struct {
 	to     match.List
 	except match.List
 	reason string
+	// resolve: look names up when to= has CIDR or address rules.
+	resolve bool
+	lookup  func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 var (
@@ -48,7 +76,7 @@ var (
 // New builds a deny piece. to= and except= may repeat, which the typed
 // getters do not allow (they keep the last), so it walks every parameter.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
-	d := &Deny{at: p.Pos}
+	d := &Deny{at: p.Pos, resolve: true, lookup: net.DefaultResolver.LookupNetIP}
 	for _, x := range p.All() {
 		switch x.Key {
 		case "to", "except":
@@ -70,6 +98,15 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 			default:
 				return nil, &funnel.PosError{Pos: x.ValuePos, Msg: fmt.Sprintf("piece %q: all: %q is not true or false", p.Piece, x.Value)}
 			}
+		case "resolve":
+			switch strings.ToLower(x.Value) {
+			case "true", "yes", "on", "1":
+				d.resolve = true
+			case "false", "no", "off", "0":
+				d.resolve = false
+			default:
+				return nil, &funnel.PosError{Pos: x.ValuePos, Msg: fmt.Sprintf("piece %q: resolve: %q is not true or false", p.Piece, x.Value)}
+			}
 		case "reason":
 			d.reason = x.Value
 		default:
@@ -89,24 +126,110 @@ func (d *Deny) Curves() []funnel.Curve { return curves }
 // (funnel.PieceInfo.Curves), so that `funtun pieces` shows them unbuilt.
 var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Stream}, {App: funnel.Dgram, Net: funnel.Dgram}}
 
-func (d *Deny) check(f *funnel.Flow) error {
-	if !d.all && !d.to.Match(f.Dest) {
-		return nil
-	}
-	if d.except.Match(f.Dest) {
+func (d *Deny) check(ctx context.Context, f *funnel.Flow) error {
+	why, refused := d.judge(ctx, f)
+	if !refused {
 		return nil
 	}
 	reason := d.reason
 	if reason == "" {
-		if d.all {
-			reason = "all flows are refused"
-		} else {
-			reason = "destination matches " + d.to[d.to.Index(f.Dest)].String()
-		}
+		reason = why
 	}
 	// f.Profile is the profile the flow entered; when a route handed it to
 	// the profile holding this deny, the position names the right one.
 	return funnel.Errorf(funnel.KindDenied, "denied by profile %s: %s %s: %s (deny at %s)", f.Profile, f.Network, f.Dest, reason, d.at)
+}
+
+// judge applies the rules of the package comment; why says which rule
+// refused the flow, and through which address.
+func (d *Deny) judge(ctx context.Context, f *funnel.Flow) (why string, refused bool) {
+	dest := f.Dest
+	if !dest.IsName() {
+		return d.judgeAddr(dest.IP, dest.Port, "")
+	}
+	name, port := dest.Name, dest.Port
+	sp := match.Spell(name)
+	if sp.Numeric {
+		// "127.1" is 127.0.0.1 to getaddrinfo: judged as that address,
+		// and refused by the name rules too (never excepted by them).
+		if !d.all && d.except.IndexAddr(sp.Addrs()[0], port, true) < 0 {
+			if i := d.to.IndexName(name, port); i >= 0 {
+				return "destination matches " + d.to[i].String(), true
+			}
+		}
+		return d.judgeAddr(sp.Addrs()[0], port, name)
+	}
+	// 1. An exception by name covers what the name resolves to.
+	if d.except.IndexName(name, port) >= 0 {
+		return "", false
+	}
+	// 2. The name itself.
+	if d.all {
+		return "all flows are refused", true
+	}
+	if i := d.to.IndexName(name, port); i >= 0 {
+		return "destination matches " + d.to[i].String(), true
+	}
+	// 3. What it stands for (localhost), then what it resolves to.
+	for _, ip := range sp.Addrs() {
+		if i := d.refusedAddr(ip, port); i >= 0 {
+			return fmt.Sprintf("destination matches %s (%s is %s)", d.to[i], name, ip), true
+		}
+	}
+	if !d.resolve || !d.to.HasCIDR() {
+		return "", false
+	}
+	ips, err := d.lookup(ctx, "ip", name)
+	if err != nil {
+		// 4. Let the piece below fail (or resolve it remotely).
+		if f.Log != nil && f.Log.Enabled(ctx, slog.LevelDebug) {
+			f.Log.Debug("deny: lookup failed, the flow passes", "dst", dest.String(), "err", err)
+		}
+		return "", false
+	}
+	for _, ip := range ips {
+		if i := d.refusedAddr(ip, port); i >= 0 {
+			return fmt.Sprintf("destination matches %s (%s resolves to %s)", d.to[i], name, ip.Unmap()), true
+		}
+	}
+	return "", false
+}
+
+// judgeAddr judges an address the flow asked for; spelled is the name it
+// was written as, if it was one ("127.1"), for the reason.
+func (d *Deny) judgeAddr(ip netip.Addr, port uint16, spelled string) (why string, refused bool) {
+	if d.except.IndexAddr(ip, port, true) >= 0 {
+		return "", false
+	}
+	if d.all {
+		return "all flows are refused", true
+	}
+	i := d.to.IndexAddr(ip, port, true)
+	if i < 0 {
+		return "", false
+	}
+	why = "destination matches " + d.to[i].String()
+	c := match.Canon(ip)
+	switch {
+	case spelled != "" && c != ip:
+		why += fmt.Sprintf(" (%s is %s, which reaches %s)", spelled, ip, c)
+	case spelled != "":
+		why += fmt.Sprintf(" (%s is %s)", spelled, ip)
+	case c != ip:
+		why += fmt.Sprintf(" (%s reaches %s)", ip, c)
+	}
+	return why, true
+}
+
+// refusedAddr is the to= rule that refuses an address a name reaches
+// (not one it spells: those are asked for, see judgeAddr), or -1 when none
+// does or an except= rule lets it pass.
+func (d *Deny) refusedAddr(ip netip.Addr, port uint16) int {
+	i := d.to.IndexAddr(ip, port, false)
+	if i < 0 || d.except.IndexAddr(ip, port, false) >= 0 {
+		return -1
+	}
+	return i
 }
 
 // Transparent: deny refuses or passes a flow; it never touches its bytes.
@@ -115,7 +238,7 @@ func (d *Deny) Transparent() bool { return true }
 // DialStream refuses the flow or returns next's connection itself, so the
 // relay's splice fast path survives deny.
 func (d *Deny) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
-	if err := d.check(f); err != nil {
+	if err := d.check(ctx, f); err != nil {
 		return nil, err
 	}
 	return next.DialStream(ctx, f)
@@ -123,7 +246,7 @@ func (d *Deny) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next)
 
 // DialDgram refuses the flow or returns next's datagram connection itself.
 func (d *Deny) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next) (funnel.DgramConn, error) {
-	if err := d.check(f); err != nil {
+	if err := d.check(ctx, f); err != nil {
 		return nil, err
 	}
 	return next.DialDgram(ctx, f)

@@ -5,11 +5,14 @@ import "bytes"
 // replacer rewrites one direction of a stream. push takes the next bytes and
 // appends to dst whatever can already be sent; end is the end of the stream
 // and appends everything still held back. Output is the same however the
-// input was cut into pushes.
+// input was cut into pushes. flush appends what is held back as it is, the
+// stream going on: an unfinished match at that point is no match (the
+// conn calls it when nothing more came within hold=).
 type replacer interface {
 	push(dst, src []byte) []byte
 	end(dst []byte) []byte
-	held() int // bytes waiting for more input, for the bounded-memory tests
+	flush(dst []byte) []byte
+	held() int // bytes waiting for more input
 }
 
 // literal replaces every non-overlapping occurrence of from, left to right,
@@ -83,5 +86,9 @@ func (l *literal) end(dst []byte) []byte {
 	l.tail = l.tail[:0]
 	return dst
 }
+
+// flush is end: the tail is a beginning of from and nothing else, and a
+// match starts afresh after it.
+func (l *literal) flush(dst []byte) []byte { return l.end(dst) }
 
 func (l *literal) held() int { return len(l.tail) }

@@ -35,6 +35,7 @@ type regex struct {
 	pos  int  // stream offset of the next rune to step
 	prev rune // rune before pos, endOfText at the start of the stream
 	eof  bool
+	cut  bool // flushing: the bytes so far are all there is for now (a rune cut short is invalid bytes)
 	done bool // stepped past the end of the stream with no match in progress
 
 	matched     bool
@@ -160,6 +161,37 @@ func (x *regex) end(dst []byte) []byte {
 	return dst
 }
 
+// flush sends what is held as it is and goes on with the stream. Threads
+// still waiting for a rune get none: a match already found that waited
+// only to see whether a higher-priority (longer, for a greedy pattern) one
+// would win is replaced, and every unfinished match is not one. A match
+// that needs the rune after it to be decided (\b, $ before the end) is
+// not one either: the stream has not ended, and that rune has not come.
+// The next bytes are searched afresh, as after a match; a rune cut short
+// by the flush is invalid bytes on both sides, as in two separate texts.
+func (x *regex) flush(dst []byte) []byte {
+	x.cut = true
+	defer func() { x.cut = false }()
+	dst = x.run(dst)
+	for !x.done && x.held() > 0 {
+		if len(x.runq.dense) > 0 {
+			x.step(x.pos, x.pos, endOfText, 0)
+			x.clear(x.nextq)
+		}
+		if x.matched {
+			dst = x.commit(dst)
+			dst = x.run(dst) // the bytes after it may hold whole matches
+			continue
+		}
+		end := x.base + len(x.buf)
+		x.jump(end)
+		dst = append(dst, x.buf[x.sent-x.base:]...)
+		x.buf = x.buf[:0]
+		x.base, x.sent = end, end
+	}
+	return dst
+}
+
 func (x *regex) held() int { return x.base + len(x.buf) - x.sent }
 
 // runeAt decodes the rune at stream offset p as regexp does; ok is false
@@ -176,7 +208,7 @@ func (x *regex) runeAt(p int) (r rune, width int, ok bool) {
 	if c := x.buf[i]; c < utf8.RuneSelf {
 		return rune(c), 1, true
 	}
-	if !x.eof && !utf8.FullRune(x.buf[i:]) {
+	if !x.eof && !x.cut && !utf8.FullRune(x.buf[i:]) {
 		return 0, 0, false
 	}
 	r, width = utf8.DecodeRune(x.buf[i:])

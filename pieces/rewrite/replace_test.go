@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -254,6 +255,17 @@ func FuzzLiteral(f *testing.F) {
 				t.Fatalf("ReplaceAll(%q, %q, %q) cut at %v: got %q, want %q", input, from, to, cuts, got, want)
 			}
 		}
+		// A flush (hold= ran out) ends a search: the output is each
+		// flushed segment replaced on its own, however it was cut.
+		flushes := randomCuts(len(input), rng)
+		var wantF []byte
+		for _, seg := range segments(input, flushes) {
+			wantF = append(wantF, strings.ReplaceAll(string(seg), from, to)...)
+		}
+		cuts := randomCuts(len(input), rng)
+		if got := feedFlushing(newLiteral([]byte(from), []byte(to)), input, cuts, flushes); !bytes.Equal(got, wantF) {
+			t.Fatalf("ReplaceAll(%q, %q, %q) cut at %v, flushed at %v: got %q, want %q", input, from, to, cuts, flushes, got, wantF)
+		}
 	})
 }
 
@@ -284,6 +296,20 @@ func FuzzRegex(f *testing.F) {
 				t.Fatalf("%q → %q on %q cut at %v: got %q, want %q", pattern, to, input, cuts, got, want)
 			}
 		}
+		// A flush (hold= ran out) ends a search: without ^ $ \b, which
+		// see the bytes around a flush, the output is each flushed
+		// segment replaced on its own, however it was cut.
+		flushes := randomCuts(len(input), rng)
+		got := feedFlushing(newRegex(re, prog, to, len(input)+1), input, randomCuts(len(input), rng), flushes)
+		if !hasEmptyWidth(prog) {
+			var wantF []byte
+			for _, seg := range segments(input, flushes) {
+				wantF = append(wantF, re.ReplaceAll(seg, []byte(to))...)
+			}
+			if !bytes.Equal(got, wantF) {
+				t.Fatalf("%q → %q on %q flushed at %v: got %q, want %q", pattern, to, input, flushes, got, wantF)
+			}
+		}
 		// Past max the output is the piece's own, but cuts still must not
 		// change it.
 		limit := 1 + int(seed%8)
@@ -293,6 +319,15 @@ func FuzzRegex(f *testing.F) {
 			t.Fatalf("%q → %q on %q max=%d cut at %v: got %q, uncut %q", pattern, to, input, limit, cuts, got, uncut)
 		}
 	})
+}
+
+func hasEmptyWidth(prog *syntax.Prog) bool {
+	for _, i := range prog.Inst {
+		if i.Op == syntax.InstEmptyWidth {
+			return true
+		}
+	}
+	return false
 }
 
 func BenchmarkReplacers(b *testing.B) {
@@ -313,4 +348,108 @@ func BenchmarkReplacers(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestFlush: what is held goes out as it is, a match already found is
+// replaced, and the stream goes on with a fresh search.
+func TestFlush(t *testing.T) {
+	l := newLiteral([]byte("hello"), []byte("HELLO"))
+	if out := l.push(nil, []byte("say hel")); string(out) != "say " {
+		t.Fatalf("push sent %q", out)
+	}
+	if out := l.flush(nil); string(out) != "hel" || l.held() != 0 {
+		t.Fatalf("flush sent %q, holds %d", out, l.held())
+	}
+	// The released "hel" is no match's beginning any more.
+	if out := string(l.end(l.push(nil, []byte("lo, hello")))); out != "lo, HELLO" {
+		t.Fatalf("after the flush: %q", out)
+	}
+
+	for _, tc := range []struct {
+		pattern, to string
+		pushes      []string // a flush after each
+		want        string
+	}{
+		{`hello`, `HELLO`, []string{"say hel", "lo hello"}, "say hello HELLO"},
+		{`tok[0-9]+`, `tok*`, []string{"send tok123", "4 ok"}, "send tok*4 ok"}, // the greedy match found so far wins
+		{`a+`, `A`, []string{"caa", "aat"}, "cAAt"},
+		{`a+`, ``, []string{"aa", "a"}, ""},
+		{`x|xy|xyz`, `_`, []string{"xy", "z"}, "_yz"},                // leftmost-first: x wins at once, as in ReplaceAll("xy")
+		{`\bcat\b`, `dog`, []string{"a cat", " cat "}, "a cat dog "}, // \b after it is not known yet: no match
+		{`foo$`, `bar`, []string{"foo", "\nfoo"}, "foo\nfoo"},        // $ is the end of the stream, which came after the flush
+		{`^GET`, `PUT`, []string{"GE", "T GET"}, "GET GET"},          // the start of the stream is past
+		{`(?s)<!--.*?-->`, ``, []string{"a<!-- x", " -->b<!---->c"}, "a<!-- x -->bc"},
+		{`é+`, `e`, []string{"caf\xc3", "\xa9 é"}, "caf\xc3\xa9 e"}, // a rune cut by the flush is two invalid bytes
+		{`.`, `-`, []string{"a\xe2\x82", "\xacb"}, "-----"},         // each byte of the cut rune is one invalid rune
+	} {
+		re, prog, err := compileRegex(tc.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := newRegex(re, prog, tc.to, 1024)
+		var out []byte
+		for _, p := range tc.pushes {
+			out = x.flush(x.push(out, []byte(p)))
+			if x.held() != 0 {
+				t.Fatalf("%q: holds %d bytes after a flush", tc.pattern, x.held())
+			}
+		}
+		out = x.end(out)
+		if string(out) != tc.want {
+			t.Errorf("%q → %q on %q, flushed after each: got %q, want %q", tc.pattern, tc.to, tc.pushes, out, tc.want)
+		}
+	}
+}
+
+// feedFlushing is feed with a flush at the given offsets too.
+func feedFlushing(r replacer, input []byte, cuts, flushes []int) []byte {
+	var out []byte
+	last := 0
+	for _, c := range mergeCuts(cuts, flushes) {
+		out = r.push(out, input[last:c])
+		last = c
+		if containsInt(flushes, c) {
+			out = r.flush(out)
+		}
+	}
+	out = r.push(out, input[last:])
+	return r.end(out)
+}
+
+func mergeCuts(a, b []int) []int {
+	var m []int
+	for i, j := 0, 0; i < len(a) || j < len(b); {
+		switch {
+		case j == len(b) || i < len(a) && a[i] < b[j]:
+			m = append(m, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			m = append(m, b[j])
+			j++
+		default:
+			m = append(m, a[i])
+			i, j = i+1, j+1
+		}
+	}
+	return m
+}
+
+func containsInt(l []int, v int) bool {
+	for _, x := range l {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// segments cuts input at the flush offsets.
+func segments(input []byte, flushes []int) [][]byte {
+	var segs [][]byte
+	last := 0
+	for _, f := range flushes {
+		segs = append(segs, input[last:f])
+		last = f
+	}
+	return append(segs, input[last:])
 }

@@ -1,13 +1,16 @@
 // Package rewrite is the piece that replaces text in a stream, literally or
 // by regular expression, in one direction or both. It keeps matches that
 // are split across reads and writes: the bytes that may begin a match wait
-// for the next bytes (or the end of the stream) before they are sent.
+// for the next bytes (or the end of the stream) before they are sent, but
+// no longer than hold= (default 20ms), after which they go out as they are
+// (see conn).
 package rewrite
 
 import (
 	"context"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/funtun/funtun/funnel"
 )
@@ -21,7 +24,9 @@ func init() {
 to=TEXT       the replacement, default empty (delete); with regex=true, $1 and ${name} insert groups, $$ a dollar
 dir=up|down|both  up: from the application toward the network; down: back; default both
 regex=BOOL    treat from as a regular expression, default false
-max=SIZE      longest match guaranteed to be found across reads, and the most held back per direction, default 64k`,
+max=SIZE      longest match guaranteed to be found across reads, and the most held back per direction, default 64k
+hold=DURATION how long bytes that may begin a match wait for the rest, default 20ms; after that they
+              are sent unchanged (a match cut by a longer pause is not replaced); 0: never wait`,
 		Curves: curves,
 		New:    New,
 	})
@@ -30,6 +35,7 @@ max=SIZE      longest match guaranteed to be found across reads, and the most he
 // Rewrite is a configured rewrite piece.
 type Rewrite struct {
 	up, down bool
+	hold     time.Duration
 	// newReplacer makes one direction's state; each flow gets its own.
 	newReplacer func() replacer
 }
@@ -61,6 +67,12 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.hold, err = p.Duration("hold", defaultHold); err != nil {
+		return nil, err
+	}
+	if r.hold > maxHold {
+		return nil, p.Errorf("hold", "%q is longer than %v: a held byte would stall the protocol that sent it", p.String("hold", ""), maxHold)
+	}
 	limit, err := p.Size("max", 64<<10)
 	if err != nil {
 		return nil, err
@@ -83,6 +95,14 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	r.newReplacer = func() replacer { return newRegex(re, prog, to, int(limit)) }
 	return r, nil
 }
+
+// defaultHold is how long bytes that may begin a match wait for the rest:
+// long enough for a match cut by the network or by a writer that writes in
+// pieces, short enough that no request/response protocol notices it.
+const defaultHold = 20 * time.Millisecond
+
+// maxHold bounds hold=: beyond it a protocol would see a stall.
+const maxHold = 10 * time.Second
 
 // Curves: bytes in, bytes out.
 func (r *Rewrite) Curves() []funnel.Curve { return curves }
@@ -109,7 +129,7 @@ func (r *Rewrite) AcceptStream(_ context.Context, _ *funnel.Flow, c net.Conn) (n
 }
 
 func (r *Rewrite) wrap(c net.Conn) net.Conn {
-	w := &conn{Conn: c}
+	w := &conn{Conn: c, hold: r.hold}
 	if r.up {
 		w.up = r.newReplacer()
 	}

@@ -2,6 +2,7 @@ package rewrite_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -95,6 +96,8 @@ func TestCompileErrors(t *testing.T) {
 		{`rewrite from=abcdef max=4`, `piece "rewrite": from: 6 bytes long, longer than max=4`},
 		{`rewrite from=a max=lots`, `piece "rewrite": max: "lots" is not a size`},
 		{`rewrite from=a regex=maybe`, `regex: "maybe" is not true or false`},
+		{`rewrite from=a hold=soon`, `piece "rewrite": hold: "soon" is not a duration`},
+		{`rewrite from=a hold=1m`, `piece "rewrite": hold: "1m" is longer than 10s: a held byte would stall the protocol that sent it`},
 	} {
 		_, err := funnel.CompileSet([]funnel.Source{{Name: "p", Origin: "test", Text: tc.chain}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -190,5 +193,235 @@ func TestCurlInbound(t *testing.T) {
 	got := curl(t, "http://"+addr+"/in")
 	if want := "Hello from the ORIGIN server, path /in\n"; got != want {
 		t.Fatalf("curl got %q, want %q", got, want)
+	}
+}
+
+// dialThrough opens a flow through chain to an echo server.
+func dialThrough(t *testing.T, chain string) net.Conn {
+	t.Helper()
+	echo := testutil.EchoServer(t)
+	pl := testutil.Pipeline(t, chain)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pl.DialStream(ctx, funnel.NewFlow("test", funnel.TCP, dest(t, echo)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readN reads n bytes, or what comes within d.
+func readN(c net.Conn, n int, d time.Duration) string {
+	buf := make([]byte, n)
+	c.SetReadDeadline(time.Now().Add(d))
+	defer c.SetReadDeadline(time.Time{})
+	got, _ := io.ReadFull(c, buf)
+	return string(buf[:got])
+}
+
+// TestPartialMatchIsReleased: a message that ends in the beginning of a
+// match comes back whole, both ways held and released within hold.
+func TestPartialMatchIsReleased(t *testing.T) {
+	c := dialThrough(t, `rewrite from=hello to=HELLO`)
+	start := time.Now()
+	io.WriteString(c, "say hel")
+	buf := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.ReadAtLeast(c, buf, len("say hel"))
+	if err != nil {
+		t.Fatalf("%v after %q came back", err, buf[:n])
+	}
+	took := time.Since(start)
+	if string(buf[:n]) != "say hel" || took > 200*time.Millisecond {
+		t.Fatalf("%q came back after %v, want %q within 200ms", buf[:n], took, "say hel")
+	}
+	t.Logf("%q came back in %v", buf[:n], took)
+	// The released bytes are no match's beginning: the next "lo" is text.
+	io.WriteString(c, "lo, hello\n")
+	if got := readN(c, len("lo, HELLO\n"), time.Second); got != "lo, HELLO\n" {
+		t.Fatalf("then %q, want %q", got, "lo, HELLO\n")
+	}
+}
+
+// TestSplitMatchWithinHold: a match cut across two writes a few
+// milliseconds apart is still replaced; one cut by a pause longer than
+// hold is not (its first part has gone out). hold=100ms in the first case
+// leaves a loaded machine room to schedule the second write in time.
+func TestSplitMatchWithinHold(t *testing.T) {
+	for _, tc := range []struct {
+		chain string
+		pause time.Duration
+		want  string
+	}{
+		{`rewrite from=hello to=HELLO dir=up hold=100ms`, 5 * time.Millisecond, "say HELLO\n"},
+		{`rewrite regex=true from='hel+o' to=HELLO dir=up hold=100ms`, 5 * time.Millisecond, "say HELLO\n"},
+		{`rewrite from=hello to=HELLO dir=up`, 200 * time.Millisecond, "say hello\n"},
+		{`rewrite regex=true from='hel+o' to=HELLO dir=up`, 200 * time.Millisecond, "say hello\n"},
+		{`rewrite from=hello to=HELLO dir=up hold=0`, 5 * time.Millisecond, "say hello\n"},
+	} {
+		c := dialThrough(t, tc.chain)
+		io.WriteString(c, "say hel")
+		time.Sleep(tc.pause)
+		io.WriteString(c, "lo\n")
+		if got := readN(c, len(tc.want), time.Second); got != tc.want {
+			t.Errorf("%s, writes %v apart: %q came back, want %q", tc.chain, tc.pause, got, tc.want)
+		}
+	}
+}
+
+// TestSplitMatchDown: the same on the way back, where Read waits for the
+// rest of a match at most hold.
+func TestSplitMatchDown(t *testing.T) {
+	srv, client := net.Pipe()
+	defer srv.Close()
+	r := wrapForTest(t, `rewrite from=hello to=HELLO dir=down hold=100ms`, client)
+	go func() {
+		io.WriteString(srv, "say hel")
+		time.Sleep(5 * time.Millisecond)
+		io.WriteString(srv, "lo\n")
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(srv, "say hel")
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(srv, "lo\n")
+	}()
+	if got := readN(r, len("say HELLO\n"), 200*time.Millisecond); got != "say HELLO\n" {
+		t.Errorf("split 5ms apart: %q, want %q", got, "say HELLO\n")
+	}
+	if got := readN(r, len("say hel"), 600*time.Millisecond); got != "say hel" {
+		t.Errorf("then %q, want the held %q released after hold", got, "say hel")
+	}
+	if got := readN(r, len("lo\n"), time.Second); got != "lo\n" {
+		t.Errorf("then %q, want %q", got, "lo\n")
+	}
+}
+
+// TestCallerDeadline: a read deadline the caller sets still ends a Read
+// in time even while bytes are held, and the held bytes come with a later
+// Read; rewrite sets no deadline on the connection below.
+func TestCallerDeadline(t *testing.T) {
+	srv, client := net.Pipe()
+	defer srv.Close()
+	r := wrapForTest(t, `rewrite from=hello to=HELLO dir=down hold=300ms`, client)
+	go io.WriteString(srv, "say hel")
+	buf := make([]byte, 64)
+	n, err := r.Read(buf)
+	if string(buf[:n]) != "say " || err != nil {
+		t.Fatalf("first Read: %q, %v", buf[:n], err)
+	}
+	r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	start := time.Now()
+	n, err = r.Read(buf)
+	if !isTimeout(err) || n != 0 || time.Since(start) > 250*time.Millisecond {
+		t.Fatalf("Read with a 20ms deadline: %q, %v after %v; want a timeout before hold", buf[:n], err, time.Since(start))
+	}
+	r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err = r.Read(buf)
+	if string(buf[:n]) != "hel" || err != nil {
+		t.Fatalf("after hold: %q, %v; want %q", buf[:n], err, "hel")
+	}
+	// The stream goes on; the end still flushes.
+	go func() { io.WriteString(srv, "lo hel"); srv.Close() }()
+	got, err := io.ReadAll(r)
+	if string(got) != "lo hel" || err != nil {
+		t.Fatalf("at the end: %q, %v", got, err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && errors.As(err, &ne) && ne.Timeout()
+}
+
+// wrapForTest puts the first piece of chain, a rewrite, around c the way
+// an incoming flow is wrapped.
+func wrapForTest(t *testing.T, chain string, c net.Conn) net.Conn {
+	t.Helper()
+	info, ok := funnel.Lookup("rewrite")
+	if !ok {
+		t.Fatal("no rewrite piece")
+	}
+	spec, err := funnel.ParseChain("test", chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := info.New(funnel.ParamsOf(spec[0]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := p.(funnel.StreamAcceptor).AcceptStream(context.Background(), funnel.NewFlow("test", funnel.TCP, funnel.Addr{}), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
+}
+
+// requestResponse is a python3 client of a request/response protocol
+// whose requests end in the beginning of a match: it waits for each answer
+// (the echo) before it sends the next request, so a held byte would stall
+// it. It prints the slowest round.
+const requestResponse = `
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(3)
+worst = 0
+begin = time.monotonic()
+for i in range(30):
+    msg = ("req %d: say hello, then hel" if i % 2 else "req %d: the wor").encode() % i
+    start = time.monotonic()
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        try:
+            b = s.recv(4096)
+        except socket.timeout:
+            sys.exit("round %d stalled: sent %r, got %r" % (i, msg, got))
+        if not b:
+            sys.exit("round %d: connection closed after %r" % (i, got))
+        got += b
+    want = msg.replace(b"hello", b"HELLO")
+    if got != want:
+        sys.exit("round %d: sent %r, got %r, want %r" % (i, msg, got, want))
+    worst = max(worst, time.monotonic() - start)
+print("30 rounds in %.0f ms, slowest %.0f ms" % ((time.monotonic() - begin) * 1000, worst * 1000))
+`
+
+// TestRequestResponseDoesNotStall: 30 rounds of a request/response
+// protocol through the engine's relay, with literal and regex rewrites
+// both ways, where every request ends in a prefix of a pattern.
+func TestRequestResponseDoesNotStall(t *testing.T) {
+	python := testutil.NeedTool(t, "python3")
+	echo := testutil.EchoServer(t)
+	pl := testutil.Pipeline(t, `rewrite from=hello to=HELLO | rewrite regex=true from='wor[a-z]*ld' to=WORLD`)
+	addr := forward(t, pl, echo, false)
+	_, port, _ := net.SplitHostPort(addr)
+	start := time.Now()
+	out, err := exec.Command(python, "-c", requestResponse, port).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Logf("%s(%v in all)", out, time.Since(start).Round(time.Millisecond))
+}
+
+// TestCloseWithHeldBytes: Close sends what is held at once, and the hold
+// timer that was running finds nothing left to do.
+func TestCloseWithHeldBytes(t *testing.T) {
+	srv, client := net.Pipe()
+	defer srv.Close()
+	w := wrapForTest(t, `rewrite from=hello to=HELLO dir=up hold=30ms`, client)
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(srv)
+		got <- string(b)
+	}()
+	io.WriteString(w, "say hel")
+	w.Close()
+	if g := <-got; g != "say hel" {
+		t.Fatalf("the peer got %q, want %q", g, "say hel")
+	}
+	time.Sleep(60 * time.Millisecond) // the timer fires on a closed conn
+	if _, err := io.WriteString(w, "x"); err == nil {
+		t.Fatal("Write after Close succeeded")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -324,6 +325,48 @@ func TestForwardProfiles(t *testing.T) {
 		}
 		if l := logs.String(); !strings.Contains(l, "kind=denied") || !strings.Contains(l, "blocked.profile:2:1") {
 			t.Errorf("the refusal should be of kind denied and point at blocked.profile:2:1:\n%s", l)
+		}
+	}
+}
+
+// TestThisHostRoutesAsLoopback: a rule for the loopback range takes every
+// spelling that reaches this host's loopback (the unspecified address,
+// mapped and numeric forms, localhost); route never looks a name up, so a
+// name that only resolves there goes by its name rules.
+func TestThisHostRoutesAsLoopback(t *testing.T) {
+	echo := testutil.EchoServer(t)
+	p := port(echo)
+	profile := mustProfile(t,
+		"direct", "direct",
+		"blocked", "deny all=true reason='loopback is routed here'",
+		"p", "route 127.0.0.0/8,::1=blocked default=direct",
+		"v4", "route ipv4=blocked default=direct",
+	)
+	for _, a := range []funnel.Addr{
+		funnel.MakeAddr("0.0.0.0", p), funnel.MakeAddr("::", p), funnel.MakeAddr("::ffff:127.0.0.1", p),
+		{IP: netip.MustParseAddr("::ffff:0.0.0.0"), Port: p},
+		{Name: "0", Port: p}, {Name: "127.1", Port: p}, {Name: "0x7f.1", Port: p}, {Name: "2130706433", Port: p},
+		{Name: "0.0.0.0", Port: p}, {Name: "localhost", Port: p}, {Name: "app.localhost.", Port: p},
+	} {
+		_, err := profile("p").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, a))
+		if err == nil || !strings.Contains(err.Error(), "loopback is routed here") {
+			t.Errorf("%q/%v: %v, want it routed to blocked", a.Name, a.IP, err)
+		}
+		_, err = profile("p").DialDgram(ctx(t), funnel.NewFlow("test", funnel.UDP, a))
+		if err == nil || !strings.Contains(err.Error(), "loopback is routed here") {
+			t.Errorf("udp %q/%v: %v, want it routed to blocked", a.Name, a.IP, err)
+		}
+	}
+	// A numeric name is an IPv4 address for ipv4 too; localhost is a
+	// name the application gave, not an address it asked for.
+	for name, blocked := range map[string]bool{"127.1": true, "0": true, "localhost": false} {
+		c, err := profile("v4").DialStream(ctx(t), funnel.NewFlow("test", funnel.TCP, funnel.Addr{Name: name, Port: p}))
+		if got := err != nil && strings.Contains(err.Error(), "loopback is routed here"); got != blocked {
+			t.Errorf("route ipv4=blocked with the name %q: %v", name, err)
+		}
+		if err == nil {
+			testutil.EchoOnce(t, c, "by default\n") // localhost went to direct
+			c.Close()
 		}
 	}
 }

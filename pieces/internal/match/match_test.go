@@ -116,8 +116,145 @@ func TestMatchAllocatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := funnel.MakeAddr("WWW.EXAMPLE.ORG", 8080)
-	if n := testing.AllocsPerRun(100, func() { l.Match(a) }); n != 0 {
-		t.Errorf("Match allocates %v times per call", n)
+	for _, a := range []funnel.Addr{
+		funnel.MakeAddr("WWW.EXAMPLE.ORG", 8080),
+		funnel.MakeAddr("www.example.net", 8080), // matches nothing: every test is tried
+		{Name: "127.1", Port: 8080},
+		{Name: "a.localhost", Port: 8080},
+		funnel.MakeAddr("::", 8080),
+	} {
+		if n := testing.AllocsPerRun(100, func() { l.Match(a) }); n != 0 {
+			t.Errorf("Match(%v) allocates %v times per call", a, n)
+		}
+	}
+}
+
+// TestInetAton: names that getaddrinfo reads as IPv4 addresses without a
+// lookup, checked against glibc's inet_aton (python3's socket.inet_aton).
+func TestInetAton(t *testing.T) {
+	good := map[string]string{
+		"0":              "0.0.0.0",
+		"127.1":          "127.0.0.1",
+		"0x7f.1":         "127.0.0.1",
+		"0X7F.1":         "127.0.0.1",
+		"2130706433":     "127.0.0.1",
+		"017700000001":   "127.0.0.1",
+		"0x7f000001":     "127.0.0.1",
+		"4294967295":     "255.255.255.255",
+		"0xffffffff":     "255.255.255.255",
+		"1.16777215":     "1.255.255.255",
+		"1.2.65535":      "1.2.255.255",
+		"0377.0xff.0.1":  "255.255.0.1",
+		"127.1 foo":      "127.0.0.1",
+		"127.1\tx":       "127.0.0.1",
+		"127.1\x00.evil": "127.0.0.1",
+		"127.0.0.1":      "127.0.0.1",
+		"0.0.0.0":        "0.0.0.0",
+	}
+	for in, want := range good {
+		ip, ok := parseInetAton(in)
+		if !ok || ip.String() != want {
+			t.Errorf("parseInetAton(%q) = %v, %v; want %s", in, ip, ok, want)
+		}
+	}
+	for _, in := range []string{"", "127.0.0.1.", "1..2", "08", "09.1", "0.09", "0x", "0x.1", "00x1", "0xg",
+		"256.1", "1.2.3.256", "1.2.3.4.5", "4294967296", "0x100000000", "1.16777216", "1.2.65536",
+		"-1", "+1", " 1", "1e1", "localhost", "example.org", "99999999999999999999999"} {
+		if ip, ok := parseInetAton(in); ok {
+			t.Errorf("parseInetAton(%q) = %v, want no address", in, ip)
+		}
+	}
+}
+
+// TestThisHost: every spelling of the unspecified and loopback addresses
+// is matched as this host's loopback, by CIDR and address rules alike.
+func TestThisHost(t *testing.T) {
+	addr := func(s string) funnel.Addr { return funnel.Addr{IP: netip.MustParseAddr(s), Port: 80} }
+	name := func(s string) funnel.Addr { return funnel.Addr{Name: s, Port: 80} }
+	v4 := []funnel.Addr{
+		addr("0.0.0.0"), addr("::ffff:0.0.0.0"), addr("::ffff:127.0.0.1"), addr("127.0.0.1"),
+		name("0"), name("127.1"), name("0x7f.1"), name("2130706433"), name("017700000001"), name("0x7f000001"),
+		name("127.0.0.1"), name("0.0.0.0"), name("0.0"), name("::ffff:127.0.0.1"), name("::ffff:0.0.0.0"), name("127.1 x"),
+		name("localhost"), name("LocalHost."), name("a.b.localhost"),
+		funnel.MakeAddr("0.0.0.0", 80), funnel.MakeAddr("::ffff:127.0.0.1", 80),
+	}
+	v6 := []funnel.Addr{
+		addr("::"), addr("::1"), addr("::1%lo"), addr("::%lo"),
+		name("::"), name("::1"), name("0::0"), name("0:0:0:0:0:0:0:1"), name("::1%lo"),
+		name("localhost"), name("x.localhost."), funnel.MakeAddr("::", 80),
+	}
+	other := []funnel.Addr{
+		addr("10.0.0.1"), addr("2001:db8::1"), addr("::ffff:10.0.0.1"),
+		name("10.1"), name("notlocalhost"), name("localhost.example.org"), name("127.0.0.1."), name("example.org"),
+	}
+	for _, tc := range []struct {
+		rules string
+		yes   []funnel.Addr
+		no    []funnel.Addr
+	}{
+		{"127.0.0.0/8", append(v4, addr("127.9.9.9")), append(other, addr("::"), addr("::1"), name("::"))},
+		{"127.0.0.1", v4, append(other, addr("127.9.9.9"))},
+		{"127.1", v4, append(other, addr("127.9.9.9"))}, // a rule may be spelled the same ways
+		{"::1/128", v6, append(other, addr("0.0.0.0"), name("0"), name("127.1"))},
+		{"::1", v6, other},
+		{"::ffff:127.0.0.0/104", v4, other},
+	} {
+		l, err := ParseList(tc.rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range tc.yes {
+			if !l.Match(a) {
+				t.Errorf("%s does not match %q/%v, but should (it reaches this host)", tc.rules, a.Name, a.IP)
+			}
+		}
+		for _, a := range tc.no {
+			if l.Match(a) {
+				t.Errorf("%s matches %q/%v, but should not", tc.rules, a.Name, a.IP)
+			}
+		}
+	}
+}
+
+// TestAskedOrReached: ipv4, ipv6 and addr describe the destination as the
+// application gave it, so they see a numeric name (it is an address) but
+// not the addresses localhost reaches; CIDR rules see both.
+func TestAskedOrReached(t *testing.T) {
+	numeric := funnel.Addr{Name: "127.1", Port: 1}
+	local := funnel.Addr{Name: "localhost", Port: 1}
+	for _, tc := range []struct {
+		rule           string
+		numeric, local bool
+	}{
+		{"ipv4", true, false},
+		{"ipv6", false, false},
+		{"addr", true, false},
+		{"name", true, true},
+		{"127.0.0.0/8", true, true},
+		{"::1", false, true},
+		{"localhost", false, true},
+		{".localhost", false, true},
+	} {
+		m, err := Parse(tc.rule)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.Match(numeric); got != tc.numeric {
+			t.Errorf("%s matches 127.1: %v, want %v", tc.rule, got, tc.numeric)
+		}
+		if got := m.Match(local); got != tc.local {
+			t.Errorf("%s matches localhost: %v, want %v", tc.rule, got, tc.local)
+		}
+	}
+	// MatchName sees only the name; MatchAddr with asked=false only CIDRs.
+	m, _ := Parse("127.0.0.0/8")
+	if m.MatchName("127.1", 1) {
+		t.Error("MatchName lets a CIDR rule match a name")
+	}
+	if !m.MatchAddr(netip.MustParseAddr("0.0.0.0"), 1, false) {
+		t.Error("a looked-up 0.0.0.0 does not match 127.0.0.0/8")
+	}
+	if m, _ := Parse("ipv4"); m.MatchAddr(netip.MustParseAddr("127.0.0.1"), 1, false) {
+		t.Error("ipv4 matches an address a name only reaches")
 	}
 }
