@@ -18,6 +18,10 @@
 #                     shows the median (default 3)
 #   BENCH_CONNS       connections per run (default 20000)
 #   BENCH_PARALLEL    connections at a time (default 32)
+#   BENCH_SOCAT_CONNS connections per socat run (default 2000): socat forks a
+#                     process per connection and makes about 100-150 a second
+#                     on a 2-CPU VM, so 20,000 would take three minutes a run;
+#                     conn/s and CPU per connection are rates either way
 #   BENCH_SOCAT_BACKLOG  listen backlog socat asks for (backlog=N); default:
 #                     socat's own (5), as `TCP-LISTEN:P,fork` runs it
 #   BENCH_PORT        first of the loopback ports used (default: free ones from 25400)
@@ -28,6 +32,7 @@ set -euo pipefail
 rounds=${BENCH_ROUNDS:-3}
 conns=${BENCH_CONNS:-20000}
 parallel=${BENCH_PARALLEL:-32}
+socat_conns=${BENCH_SOCAT_CONNS:-2000}
 socat_backlog=${BENCH_SOCAT_BACKLOG:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=forward-short.sh
@@ -45,6 +50,7 @@ num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4
 num BENCH_ROUNDS "$rounds" 1 20
 num BENCH_CONNS "$conns" 1 200000
 num BENCH_PARALLEL "$parallel" 1 200
+num BENCH_SOCAT_CONNS "$socat_conns" 1 200000
 [[ -z $socat_backlog ]] || num BENCH_SOCAT_BACKLOG "$socat_backlog" 1 65535
 
 work=$(mktemp -d /tmp/funtun-forward-short.XXXXXX)
@@ -187,7 +193,7 @@ done
 sleep 1
 
 read -r load1 load5 _ </proc/loadavg
-header="$(nproc) CPUs, load $load1 $load5, $(uname -r), $conns connections per run, $parallel at a time, $rounds rounds"
+header="$(nproc) CPUs, load $load1 $load5, $(uname -r), $conns connections per run (socat: $socat_conns), $parallel at a time, $rounds rounds"
 echo "$me: $header" >&2
 for ((r = 1; r <= rounds; r++)); do
 	order=("${modes[@]}")
@@ -196,7 +202,9 @@ for ((r = 1; r <= rounds; r++)); do
 		echo "$me: round $r: $mode" >&2
 		before=0 after=0
 		[[ $mode != direct ]] && before=$(group_ticks "${group_of[$mode]}")
-		short "$mode" "$conns"
+		n=$conns
+		[[ $mode == socat ]] && n=$socat_conns
+		short "$mode" "$n"
 		# Let socat's last children exit and be reaped, and the close-downs
 		# of this run settle before the next.
 		sleep 1

@@ -433,18 +433,12 @@ fi
 
 # --- 3. Idle sessions ------------------------------------------------------
 vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# fd_kinds PID: "sockets pipes other" among a process's descriptors.
+# fd_kinds PID: "sockets pipes other" among a process's descriptors (one
+# find(1) for all of them: a readlink per descriptor takes minutes on a
+# busy machine, longer than the client holds its sessions).
 fd_kinds() {
-	local f l s=0 p=0 o=0
-	for f in /proc/"$1"/fd/*; do
-		l=$(readlink "$f" 2>/dev/null) || continue
-		case $l in
-		socket:*) s=$((s + 1)) ;;
-		pipe:*) p=$((p + 1)) ;;
-		*) o=$((o + 1)) ;;
-		esac
-	done
-	echo "$s $p $o"
+	find "/proc/$1/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null |
+		awk '/^socket:/ {s++; next} /^pipe:/ {p++; next} {o++} END {print s + 0, p + 0, o + 0}'
 }
 threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
 if wants idle; then
@@ -571,6 +565,18 @@ def short_table(tag, title):
             parts.append(f"floor/microsocks {ratio(fl, med([x[0] for x in short['microsocks']])):.2f}")
         if parts:
             print(f"{'':>10} {'  '.join(parts)} (floor: bench/floor/minsocks.c, a reference, no target)")
+    # Issue 8's targets for socks5d: the server's own CPU per connection,
+    # at most 0.75x microsocks's and within 10 % of the floor's.
+    cpu = {m: med([x[5] / x[4] for x in short[m] if x[4]]) for m in short}
+    if "funtun" in cpu and ("microsocks" in cpu or "floor" in cpu):
+        parts = []
+        if "microsocks" in cpu:
+            r = ratio(cpu["funtun"], cpu["microsocks"])
+            parts.append(f"funtun/microsocks {r:.2f} (target <= 0.75: {verdict(r <= 0.75)})")
+        if "floor" in cpu:
+            r = ratio(cpu["funtun"], cpu["floor"])
+            parts.append(f"funtun/floor {r:.2f} (target <= 1.10: {verdict(r <= 1.10)})")
+        print(f"{'':>10} CPU per connection: {'  '.join(parts)}")
     for r in rows:
         if r[0] == "note" and r[1] == "danted_out_of_ports" and r[2] == tag and int(r[3]) > 0:
             print(f"{'':>10} danted's errors: its log says {r[3]} times that it could not bind a source port (out of ephemeral ports):")

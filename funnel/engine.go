@@ -101,24 +101,57 @@ func (e *Engine) ServeInbound(ctx context.Context, f *Flow, pl *Pipeline, netCon
 
 // End writes the one log line of a flow.
 func (e *Engine) End(f *Flow, err error) {
-	log := f.Log
-	if log == nil {
-		log = e.Log
-	}
 	level := slog.LevelInfo
 	if err != nil {
 		level = slog.LevelWarn
 	}
-	if !log.Enabled(context.Background(), level) {
-		// --quiet on a busy server: the line's formatting would cost
-		// more than many a short flow.
+	log := e.flowLog(f, level)
+	if log == nil {
 		return
 	}
+	attrs := flowAttrs(f, true)
+	if err != nil {
+		log.Warn("flow failed", append(attrs, "kind", Classify(err).String(), "err", err)...)
+		return
+	}
+	log.Info("flow", attrs...)
+}
+
+// EndUncounted writes the one line of a flow whose bytes never pass the
+// funnel (the application's own socket carries them, after a handoff or a
+// connect the preload library made itself): msg says so, and no byte
+// counts are given, since up=0 down=0 would be false.
+func (e *Engine) EndUncounted(f *Flow, msg string) {
+	if log := e.flowLog(f, slog.LevelInfo); log != nil {
+		log.Info(msg, flowAttrs(f, false)...)
+	}
+}
+
+// flowLog is the flow's logger, or nil when level is not logged: on a busy
+// server with --quiet the line's formatting would cost more than many a
+// short flow.
+func (e *Engine) flowLog(f *Flow, level slog.Level) *slog.Logger {
+	log := f.Log
+	if log == nil {
+		log = e.Log
+	}
+	if !log.Enabled(context.Background(), level) {
+		return nil
+	}
+	return log
+}
+
+func flowAttrs(f *Flow, counted bool) []any {
 	attrs := []any{
 		"hook", f.Hook, "profile", f.Profile, "net", string(f.Network),
 		"src", addrString(f.Source), "dst", f.Dest.String(),
-		"up", f.Up.Load(), "down", f.Down.Load(),
-		"duration", time.Since(f.Start).Round(time.Microsecond),
+	}
+	if counted {
+		attrs = append(attrs, "up", f.Up.Load(), "down", f.Down.Load(),
+			"duration", time.Since(f.Start).Round(time.Microsecond))
+	}
+	if f.PID != 0 {
+		attrs = append(attrs, "pid", f.PID)
 	}
 	if f.User != "" {
 		attrs = append(attrs, "user", f.User)
@@ -126,11 +159,7 @@ func (e *Engine) End(f *Flow, err error) {
 	if f.Inbound {
 		attrs = append(attrs, "inbound", true)
 	}
-	if err != nil {
-		log.Warn("flow failed", append(attrs, "kind", Classify(err).String(), "err", err)...)
-		return
-	}
-	log.Info("flow", attrs...)
+	return attrs
 }
 
 func addrString(a net.Addr) string {

@@ -46,4 +46,3 @@ func TestRelayIdleHoldsNoPipes(t *testing.T) {
 		t.Errorf("only %d descriptors open: the test is not measuring what it thinks", fds)
 	}
 }
-

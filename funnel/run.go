@@ -173,6 +173,16 @@ func (r *Run) End(err error) {
 	r.release()
 }
 
+// EndHandedOff ends a flow whose application socket was handed off: its
+// line says so and counts no bytes, which never pass the funnel.
+func (r *Run) EndHandedOff() {
+	if r.ended.Swap(true) {
+		return
+	}
+	r.e.EndUncounted(r.Flow, "flow handed off")
+	r.release()
+}
+
 // Abandon ends a flow that turned out to be another's (a request asked
 // twice): its set is released, and no log line is written for it.
 func (r *Run) Abandon() {

@@ -54,6 +54,9 @@ static int reconnect_state(int fd, int *err)
  * said the profile is plain `direct`; 0 = not known to be. Bounded to a
  * second so that a reload that adds pieces takes effect within a second. */
 static _Atomic long long plain_direct_until;
+/* The funnel's last CONNECT answer asked for reports of the connects made
+ * on the fast path (it logs successful flows: debug logging). */
+static _Atomic int report_fast;
 
 #define PLAIN_DIRECT_TTL_NS 1000000000LL
 
@@ -69,7 +72,7 @@ static long long coarse_now(void)
  * remembered, the address is literal (a synthetic one needs the funnel's
  * table), and the funnel is still there (if it is gone, the normal path
  * fails closed). */
-static int fast_path_ok(int fd, int type, const struct sockaddr *sa, socklen_t len)
+static int fast_path_ok(int type, int proto, const struct sockaddr *sa, socklen_t len)
 {
 	long long until = atomic_load_explicit(&plain_direct_until, memory_order_relaxed);
 	if (until == 0)
@@ -80,11 +83,8 @@ static int fast_path_ok(int fd, int type, const struct sockaddr *sa, socklen_t l
 	if (ft_is_synthetic(sa, len))
 		return 0;
 	if (type == SOCK_DGRAM) {
-		/* ICMP echo sockets and the like: the funnel refuses them. */
-		int proto = 0;
-		socklen_t pl = sizeof proto;
-		if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) != 0 ||
-		    (proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE))
+		/* Anything but UDP: the funnel says what becomes of it. */
+		if (proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE)
 			return 0;
 	} else if (type != SOCK_STREAM) {
 		return 0;
@@ -108,20 +108,27 @@ static void remember_out(int fd, const struct sockaddr *sa, socklen_t len)
 }
 
 /* connect_fast connects the socket itself, as the funnel would have for
- * plain direct, and reports a failure for the funnel's log. */
+ * plain direct, and reports a failure for the funnel's log (and, when the
+ * funnel asked, a success too). */
 static int connect_fast(int fd, int type, const struct sockaddr *sa, socklen_t len)
 {
 	int r = ft_real.connect(fd, sa, len);
 	int e = errno;
+	int op = 0;
 	if (r == 0 || e == EINPROGRESS) {
 		remember_out(fd, sa, len);
+		if (atomic_load_explicit(&report_fast, memory_order_relaxed))
+			op = FT_OP_CONNECTED_FAST;
 	} else if (e != EINTR && e != EALREADY && e != EISCONN) {
 		/* EINTR: the kernel goes on connecting, as natively. */
+		op = FT_OP_CONNECT_FAILED;
+	}
+	if (op) {
 		struct ft_req req;
 		memset(&req, 0, sizeof req);
-		req.op = FT_OP_CONNECT_FAILED;
+		req.op = (uint32_t)op;
 		req.arg = type;
-		req.flags = (uint32_t)e;
+		req.flags = op == FT_OP_CONNECT_FAILED ? (uint32_t)e : 0;
 		req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
 		memcpy(req.addr, sa, req.addrlen);
 		ft_send_oneway(&req);
@@ -152,7 +159,24 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		}
 	}
 
-	if (fast_path_ok(fd, type, sa, len))
+	int proto = -1;
+	if (type == SOCK_DGRAM) {
+		socklen_t pl = sizeof proto;
+		if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) != 0)
+			proto = -1;
+	}
+	if (type == SOCK_RAW || type == SOCK_PACKET ||
+	    (type == SOCK_DGRAM && proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE)) {
+		/* A raw or ICMP echo socket that got past socket() (raw.c). */
+		int family = 0, p = 0;
+		if (ft_fd_uncarried(fd, &family, NULL, &p)) {
+			if (ft_allow_raw)
+				return ft_real.connect(fd, sa, len);
+			return ft_refuse("connect", family, type, p, sa, len);
+		}
+	}
+
+	if (fast_path_ok(type, proto, sa, len))
 		return connect_fast(fd, type, sa, len);
 
 	struct ft_req req;
@@ -162,7 +186,23 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	req.arg = type;
 	req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
 	memcpy(req.addr, sa, req.addrlen);
-	int r = ft_call(&req, fd, &resp, 1);
+	/* Only a blocking stream connect() may end with EINTR, as natively;
+	 * the kernel never gives it for a non-blocking or a datagram one. */
+	enum ft_wait wait = FT_WAIT_RETRY;
+	if (type == SOCK_STREAM) {
+		int fl = ft_real.fcntl(fd, F_GETFL);
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			wait = FT_WAIT_CONNECT_BLOCKING;
+	}
+	int r = ft_call(&req, fd, &resp, wait);
+	if (r == -EINTR) {
+		/* The funnel is connecting the socket and goes on, as the kernel
+		 * does after a signal: a second connect() says EALREADY, then
+		 * EISCONN, and poll() tells when it is done. */
+		remember_out(fd, sa, req.addrlen);
+		errno = EINTR;
+		return -1;
+	}
 	if (r < 0) {
 		errno = -r;
 		return -1;
@@ -171,6 +211,7 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	atomic_store_explicit(&plain_direct_until,
 			      (resp.flags & FT_CONNECT_PLAIN_DIRECT) && now >= 0 ? now + PLAIN_DIRECT_TTL_NS : 0,
 			      memory_order_relaxed);
+	atomic_store_explicit(&report_fast, (resp.flags & FT_CONNECT_LOG_FAST) != 0, memory_order_relaxed);
 	if (resp.err == 0 || resp.err == EINPROGRESS)
 		remember_out(fd, sa, req.addrlen);
 	if (resp.err != 0) {

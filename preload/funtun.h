@@ -19,6 +19,7 @@
 
 /* The next definitions of the symbols we overrule (normally libc's). */
 struct ft_real {
+	int (*socket)(int, int, int);
 	int (*connect)(int, const struct sockaddr *, socklen_t);
 	int (*bind)(int, const struct sockaddr *, socklen_t);
 	int (*listen)(int, int);
@@ -43,18 +44,39 @@ struct ft_real {
 FT_HIDDEN extern struct ft_real ft_real;
 FT_HIDDEN void ft_init(void);
 
+/* How ft_call waits for the funnel's answer. */
+enum ft_wait {
+	/* Signals do not end the wait, whatever the program's handlers say:
+	 * the answer is read however often the wait is interrupted, for up to
+	 * FT_ANSWER_TIMEOUT_MS in all (a funnel that exits hangs up, and the
+	 * call fails at once). What a non-blocking connect() and every call
+	 * that is not connect() need: the kernel never gives them EINTR. */
+	FT_WAIT_RETRY = 0,
+	/* A blocking connect() of a stream socket fd, which the kernel may end
+	 * with EINTR: a handler with SA_RESTART lets the wait go on (the kernel
+	 * restarts the read, as it restarts connect), one without ends it with
+	 * -EINTR — but only once the funnel is connecting fd itself, so that
+	 * the connection goes on in the background as the kernel's does. Until
+	 * then, and once fd is connected, the wait goes on. No time limit: the
+	 * kernel's own connect timeout bounds the funnel's answer. */
+	FT_WAIT_CONNECT_BLOCKING = 1,
+};
+/* A funnel that keeps its control connection open but does not answer
+ * (stopped, wedged) fails the call with ETIMEDOUT after this long. It is
+ * far above the pieces' own dial timeouts (10 s each by default). */
+#define FT_ANSWER_TIMEOUT_MS 120000
+
 /* ft_call sends req (with fd as SCM_RIGHTS when fd >= 0) and reads the
  * answer. It returns 0, or -errno when the funnel cannot be reached or
- * answered nothing (the caller fails closed). interruptible: a signal may
- * end the wait with -EINTR (for connect, whose native form does that). */
-FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int interruptible);
+ * answered nothing (the caller fails closed), or -EINTR (see ft_wait). */
+FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, enum ft_wait wait);
 /* ft_control_alive: this thread's pooled control connection exists and
  * the funnel has not hung up on it (a poll with timeout 0, no round trip).
  * 0 when in doubt: the caller then takes the path that asks the funnel. */
 FT_HIDDEN int ft_control_alive(void);
 /* ft_send_oneway sends req without an fd and without waiting, on a pooled
- * connection that is free; dropped if none is, or the socket is full. For
- * operations the funnel does not answer. */
+ * connection that is free (opened if need be); dropped if none is, or the
+ * socket is full. For operations the funnel does not answer. */
 FT_HIDDEN void ft_send_oneway(struct ft_req *req);
 FT_HIDDEN int ft_is_control_fd(int fd);
 FT_HIDDEN void ft_forget_control_fd(int fd);
@@ -125,6 +147,20 @@ static inline int ft_seq_read_retry(ft_seq *s, unsigned v)
 }
 
 FT_HIDDEN void ft_udp_after_fork(void);
+
+/* Sockets nothing in the funnel carries (raw.c): raw IP, packet and ICMP
+ * echo sockets. Refused with EACCES unless the launcher was given
+ * --allow-raw (FUNTUN_ALLOW_RAW=1 in the environment). */
+FT_HIDDEN extern int ft_allow_raw;
+/* ft_uncarried names the kind of such a socket ("raw", "packet", "icmp"),
+ * or NULL for one the funnel carries (or that never leaves the host). */
+FT_HIDDEN const char *ft_uncarried(int family, int type, int protocol);
+/* ft_fd_uncarried asks the kernel what fd is, then as ft_uncarried. */
+FT_HIDDEN const char *ft_fd_uncarried(int fd, int *family, int *type, int *protocol);
+/* ft_refuse reports a refused call to the funnel's log, sets errno to
+ * EACCES and returns -1. sa, when an inet address, goes in the report. */
+FT_HIDDEN int ft_refuse(const char *call, int family, int type, int protocol, const struct sockaddr *sa,
+			socklen_t len);
 
 /* Synthetic addresses. */
 FT_HIDDEN int ft_is_synthetic(const struct sockaddr *sa, socklen_t len);

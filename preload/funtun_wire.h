@@ -20,7 +20,7 @@
 
 #include <stdint.h>
 
-#define FT_WIRE_VERSION 2
+#define FT_WIRE_VERSION 3
 #define FT_NAME_MAX 256  /* host names, NUL included */
 #define FT_ADDR_MAX 28   /* sizeof(struct sockaddr_in6) */
 
@@ -39,7 +39,10 @@ enum ft_op {
 	 * (non-blocking socket) or the errno connect() must fail with. flags:
 	 * FT_CONNECT_PLAIN_DIRECT when the profile in force is exactly `direct`
 	 * with no parameters: for up to a second the library may then connect
-	 * literal (non-synthetic) addresses itself, with no round trip. */
+	 * literal (non-synthetic) addresses itself, with no round trip;
+	 * FT_CONNECT_LOG_FAST when the funnel logs successful flows too (debug
+	 * logging): the library then reports the connects it makes itself
+	 * (FT_OP_CONNECTED_FAST). */
 	FT_OP_CONNECT = 1,
 	/* name = host name, arg = AF_INET or AF_INET6. Answer: addr = a
 	 * synthetic sockaddr of that family (port 0) that maps to the name;
@@ -81,10 +84,26 @@ enum ft_op {
 	 * destination, arg = SOCK_STREAM or SOCK_DGRAM, flags = the errno. The
 	 * funnel logs it as a failed flow. */
 	FT_OP_CONNECT_FAILED = 10,
+	/* One-way, like CONNECT_FAILED: a connect() the library made itself
+	 * on the plain-direct fast path started (EINPROGRESS) or succeeded:
+	 * addr = the destination, arg = SOCK_STREAM or SOCK_DGRAM. Sent only
+	 * while the last CONNECT answer had FT_CONNECT_LOG_FAST. The funnel
+	 * logs it as a flow the library connected itself (no byte counts: the
+	 * bytes never pass the funnel). */
+	FT_OP_CONNECTED_FAST = 11,
+	/* One-way: the library refused a socket that nothing in the funnel
+	 * carries — raw IP, packet (AF_PACKET, SOCK_PACKET, AF_XDP), ICMP echo
+	 * ("ping") sockets — with EACCES, because the launcher was not given
+	 * --allow-raw. arg = the family, flags = the type | protocol << 16,
+	 * name = the call refused ("socket", "connect", "sendto", "sendmsg",
+	 * "sendmmsg", "bind"), addr = its address, if it had an inet one. For
+	 * the funnel's log only. */
+	FT_OP_REFUSED = 12,
 };
 
 enum ft_connect_flags {
 	FT_CONNECT_PLAIN_DIRECT = 1,
+	FT_CONNECT_LOG_FAST = 2,
 };
 
 enum ft_listen_flags {

@@ -29,6 +29,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/tcp.h>
+#include <time.h>
 #include <unistd.h>
 
 FT_HIDDEN struct ft_real ft_real;
@@ -45,6 +47,7 @@ static void table_child(void);
 
 static void init_once_fn(void)
 {
+	NEXT(socket);
 	NEXT(connect);
 	NEXT(bind);
 	NEXT(listen);
@@ -75,6 +78,8 @@ static void init_once_fn(void)
 			ctl_addr.sun_path[0] = '\0';
 		ctl_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '@' ? 0 : 1));
 	}
+	const char *raw = getenv("FUNTUN_ALLOW_RAW");
+	ft_allow_raw = raw && strcmp(raw, "1") == 0;
 	pthread_atfork(NULL, NULL, table_child);
 }
 
@@ -116,7 +121,7 @@ static int ctl_open(uint64_t *ino)
 {
 	if (ctl_addrlen == 0)
 		return -1;
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int fd = ft_real.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	int r;
@@ -200,7 +205,96 @@ static void ctl_drop(struct ctl_slot *s, int fd)
 		ft_real.close(fd);
 }
 
-FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int interruptible)
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Where a blocking connect() the funnel works on has got to. */
+enum conn_state { CONN_NOT_YET, CONN_CONNECTING, CONN_DONE };
+
+static enum conn_state conn_state(int fd)
+{
+	struct tcp_info ti;
+	socklen_t l = sizeof ti;
+	if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) != 0)
+		return CONN_NOT_YET; /* not TCP (MPTCP, SCTP): never interrupted */
+	switch (ti.tcpi_state) {
+	case TCP_CLOSE:
+		/* Not started, or failed already: the answer will say which. */
+		return CONN_NOT_YET;
+	case TCP_SYN_SENT:
+	case TCP_SYN_RECV:
+		return CONN_CONNECTING;
+	default:
+		return CONN_DONE;
+	}
+}
+
+/* wait_answer reads the funnel's answer on cfd into resp: the number of
+ * bytes read, or -errno (-ECONNREFUSED when the funnel hung up or the read
+ * failed, -ETIMEDOUT, -EINTR; see enum ft_wait). */
+static ssize_t wait_answer(int cfd, struct ft_resp *resp, enum ft_wait wait, int fd)
+{
+	long long deadline = mono_ms() + FT_ANSWER_TIMEOUT_MS;
+	if (wait == FT_WAIT_CONNECT_BLOCKING) {
+		/* A plain blocking read: the kernel restarts it after a handler
+		 * with SA_RESTART, exactly when it would restart connect(). */
+		for (;;) {
+			ssize_t n = recv(cfd, resp, sizeof *resp, 0);
+			if (n >= 0)
+				return n;
+			if (errno != EINTR)
+				return -ECONNREFUSED;
+			enum conn_state st = conn_state(fd);
+			if (st == CONN_CONNECTING)
+				return -EINTR;
+			if (st == CONN_NOT_YET)
+				break; /* owe the program its EINTR; see below */
+			/* Connected already: its answer is on its way. */
+		}
+		/* The funnel has not begun to connect fd (a SOCKS5 handshake, a
+		 * name to resolve come first). An EINTR now would leave fd
+		 * unconnected, and the connection would start behind the program's
+		 * back: give the EINTR once fd is connecting, as the kernel would
+		 * have, unless the answer comes first. */
+		for (;;) {
+			struct pollfd p = {.fd = cfd, .events = POLLIN};
+			int r = poll(&p, 1, 10);
+			if (r > 0)
+				break;
+			if (r < 0 && errno != EINTR)
+				return -ECONNREFUSED;
+			enum conn_state st = conn_state(fd);
+			if (st == CONN_CONNECTING)
+				return -EINTR;
+			if (st == CONN_DONE)
+				break;
+			if (mono_ms() >= deadline)
+				return -ETIMEDOUT;
+		}
+	}
+	for (;;) {
+		long long left = deadline - mono_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = {.fd = cfd, .events = POLLIN};
+		int r = poll(&p, 1, left > 1000000000 ? 1000000000 : (int)left);
+		if (r < 0 && errno != EINTR)
+			return -ECONNREFUSED;
+		if (r <= 0)
+			continue; /* a signal, whatever its handler's flags: wait on */
+		ssize_t n = recv(cfd, resp, sizeof *resp, MSG_DONTWAIT);
+		if (n >= 0)
+			return n;
+		if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -ECONNREFUSED;
+	}
+}
+
+FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, enum ft_wait wait)
 {
 	ft_init();
 	if (ctl_addrlen == 0)
@@ -260,24 +354,14 @@ FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, int inte
 		ctl_release(slot);
 		return -ECONNREFUSED;
 	}
-	for (;;) {
-		n = recv(cfd, resp, sizeof *resp, 0);
-		if (n < 0 && errno == EINTR) {
-			if (interruptible) {
-				/* The answer will still come; nobody must read it as the
-				 * answer to another request, so this connection goes. */
-				ctl_drop(slot, cfd);
-				ctl_release(slot);
-				return -EINTR;
-			}
-			continue;
-		}
-		break;
-	}
+	n = wait_answer(cfd, resp, wait, fd);
 	if (n != (ssize_t)sizeof *resp) {
+		/* No answer, or one still to come (-EINTR, -ETIMEDOUT): nobody
+		 * must read it as the answer to another request, so this
+		 * connection goes. */
 		ctl_drop(slot, cfd);
 		ctl_release(slot);
-		return -ECONNREFUSED;
+		return n < 0 ? (int)n : -ECONNREFUSED;
 	}
 	if (!slot)
 		ft_real.close(cfd);
@@ -325,13 +409,21 @@ FT_HIDDEN void ft_send_oneway(struct ft_req *req)
 	struct ctl_slot *slot = ctl_acquire();
 	if (!slot)
 		return;
+	int e = errno;
 	int cfd = pooled_fd(slot);
+	if (cfd < 0) {
+		uint64_t ino;
+		cfd = ctl_open(&ino);
+		if (cfd >= 0) {
+			slot->ino = ino;
+			atomic_store(&slot->fd, cfd);
+		}
+	}
 	if (cfd >= 0) {
-		int e = errno;
 		/* A report never blocks the program: lost when the socket is full. */
 		ft_real.sendto(cfd, req, sizeof *req, MSG_DONTWAIT | MSG_NOSIGNAL, NULL, 0);
-		errno = e;
 	}
+	errno = e;
 	ctl_release(slot);
 }
 

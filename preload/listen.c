@@ -18,7 +18,7 @@
 
 static int hidden_listener(int family, int backlog)
 {
-	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = ft_real.socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	/* Lets the funnel tell, with a probe bind, whether anyone still
@@ -89,7 +89,7 @@ int listen(int fd, int backlog)
 	 * non-blocking, and the flag belongs to the socket, not the copy. */
 	int fl = ft_real.fcntl(fd, F_GETFL);
 	int fdfl = ft_real.fcntl(fd, F_GETFD);
-	int r = ft_call(&req, fd, &resp, 0);
+	int r = ft_call(&req, fd, &resp, FT_WAIT_RETRY);
 	if (r < 0 || resp.err) {
 		ft_real.close(hidden);
 		/* No funnel: listening natively would let connections in past
@@ -128,10 +128,17 @@ int listen(int fd, int backlog)
 
 /* bind: a port the funnel holds for a program's listener that is gone (a
  * child that held it exited) is given back when the program binds it
- * again. Only the failure path asks. */
+ * again. Only the failure path asks. A packet socket that got past
+ * socket() (raw.c) is refused its interface: bound, it sends frames with
+ * no address at all. */
 int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	ft_init();
+	if (sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_PACKET && !ft_allow_raw) {
+		int family = 0, type = 0, proto = 0;
+		if (ft_fd_uncarried(fd, &family, &type, &proto))
+			return ft_refuse("bind", family, type, proto, NULL, 0);
+	}
 	int r = ft_real.bind(fd, sa, len);
 	if (r == 0 || errno != EADDRINUSE || !sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
 		return r;
@@ -142,7 +149,7 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	req.arg = 1;
 	req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
 	memcpy(req.addr, sa, req.addrlen);
-	if (ft_call(&req, -1, &resp, 0) == 0 && resp.err == 0)
+	if (ft_call(&req, -1, &resp, FT_WAIT_RETRY) == 0 && resp.err == 0)
 		return ft_real.bind(fd, sa, len);
 	errno = EADDRINUSE;
 	return -1;
@@ -157,7 +164,7 @@ FT_HIDDEN void ft_unlisten(const struct ft_fdinfo *info)
 	req.op = FT_OP_UNLISTEN;
 	req.addrlen = info->peerlen;
 	memcpy(req.addr, &info->peer, info->peerlen);
-	ft_call(&req, -1, &resp, 0);
+	ft_call(&req, -1, &resp, FT_WAIT_RETRY);
 }
 
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int four)
@@ -179,7 +186,7 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 		req.op = FT_OP_ACCEPTED;
 		req.addrlen = fromlen < FT_ADDR_MAX ? fromlen : FT_ADDR_MAX;
 		memcpy(req.addr, &from, req.addrlen);
-		int r = ft_call(&req, -1, &resp, 0);
+		int r = ft_call(&req, -1, &resp, FT_WAIT_RETRY);
 		if (r < 0) {
 			ft_real.close(c);
 			errno = ECONNABORTED;

@@ -48,7 +48,7 @@ static int ask_funnel(const char *name, int af, struct ft_resp *resp)
 	req.op = FT_OP_RESOLVE;
 	req.arg = af;
 	memcpy(req.name, name, n);
-	if (ft_call(&req, -1, resp, 0) < 0)
+	if (ft_call(&req, -1, resp, FT_WAIT_RETRY) < 0)
 		return EAI_AGAIN; /* no funnel: fail closed, never ask DNS */
 	if (resp->err)
 		return resp->err;
@@ -158,7 +158,7 @@ int getnameinfo(const struct sockaddr *sa, socklen_t salen, char *host, socklen_
 		req.op = FT_OP_REVERSE;
 		req.addrlen = salen < FT_ADDR_MAX ? salen : FT_ADDR_MAX;
 		memcpy(req.addr, sa, req.addrlen);
-		if (ft_call(&req, -1, &resp, 0) < 0)
+		if (ft_call(&req, -1, &resp, FT_WAIT_RETRY) < 0)
 			return EAI_AGAIN;
 		if (resp.err == 0 && resp.name[0]) {
 			size_t n = strnlen(resp.name, FT_NAME_MAX - 1);
@@ -337,7 +337,7 @@ static int fill_reverse(const void *addr, socklen_t len, int type, struct hosten
 	req.op = FT_OP_REVERSE;
 	req.addrlen = salen;
 	memcpy(req.addr, &ss, salen);
-	if (ft_call(&req, -1, &resp, 0) < 0)
+	if (ft_call(&req, -1, &resp, FT_WAIT_RETRY) < 0)
 		return TRY_AGAIN;
 	if (resp.err || !resp.name[0])
 		return HOST_NOT_FOUND;

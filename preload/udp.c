@@ -137,19 +137,52 @@ static int is_inet(const struct sockaddr *sa, socklen_t len)
 	return sa && len >= sizeof(sa_family_t) && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6);
 }
 
+/* refuse_uncarried: fd is a socket of a kind nothing in the funnel
+ * carries (raw.c): -1 with EACCES, or 0 (the kernel may have the datagram
+ * as it is) under --allow-raw. */
+static int refuse_uncarried(const char *call, int fd, const struct sockaddr *dest, socklen_t dlen)
+{
+	if (ft_allow_raw)
+		return 0;
+	int family = 0, type = 0, proto = 0;
+	ft_fd_uncarried(fd, &family, &type, &proto);
+	return ft_refuse(call, family, type, proto, dest, dlen);
+}
+
 /* wire_for finds where a datagram from fd to dest goes: 1 with *wire set,
- * 0 when the kernel may have it unchanged (not a UDP socket), -1 with
- * errno set when the funnel refuses or is gone. */
-static int wire_for(int fd, const struct sockaddr *dest, socklen_t dlen, struct sockaddr_in6 *wire, socklen_t *wirelen)
+ * 0 when the kernel may have it unchanged (a TCP socket, say), -1 with
+ * errno set when the funnel refuses or is gone, or when nothing in the
+ * funnel carries the socket's kind. */
+static int wire_for(const char *call, int fd, const struct sockaddr *dest, socklen_t dlen, struct sockaddr_in6 *wire,
+		    socklen_t *wirelen)
 {
 	int type = 0, proto = 0;
 	socklen_t l = sizeof type;
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_DGRAM)
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0)
+		return 0;
+	if (type == SOCK_RAW || type == SOCK_PACKET) {
+		/* A raw socket that got past socket(): the kernel would send
+		 * the packet to dest past every piece. */
+		if (ft_fd_uncarried(fd, NULL, NULL, NULL))
+			return refuse_uncarried(call, fd, dest, dlen);
+		return 0;
+	}
+	if (type == SOCK_SEQPACKET) {
+		/* SCTP, the only inet SOCK_SEQPACKET: a datagram with an
+		 * address sets up an association, which the funnel cannot carry
+		 * (its connect() is refused too). */
+		errno = EACCES;
+		return -1;
+	}
+	if (type != SOCK_DGRAM)
 		return 0;
 	l = sizeof proto;
 	getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
 	if (proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE) {
-		errno = EACCES; /* ICMP echo and the like: nothing carries them */
+		/* ICMP echo: nothing carries it either. */
+		if (ft_fd_uncarried(fd, NULL, NULL, NULL))
+			return refuse_uncarried(call, fd, dest, dlen);
+		errno = EACCES;
 		return -1;
 	}
 	struct ft_fdinfo info;
@@ -171,7 +204,7 @@ static int wire_for(int fd, const struct sockaddr *dest, socklen_t dlen, struct 
 	req.op = FT_OP_UDP_ASSOC;
 	req.addrlen = dlen < FT_ADDR_MAX ? dlen : FT_ADDR_MAX;
 	memcpy(req.addr, dest, req.addrlen);
-	int r = ft_call(&req, fd, &resp, 0);
+	int r = ft_call(&req, fd, &resp, FT_WAIT_RETRY);
 	if (r < 0) {
 		errno = -r;
 		return -1;
@@ -200,9 +233,19 @@ static int wire_for(int fd, const struct sockaddr *dest, socklen_t dlen, struct 
 	return 1;
 }
 
+/* is_link: a link-layer address (struct sockaddr_ll), which only a packet
+ * socket takes: sending to one sends a frame past the funnel. */
+static int is_link(const void *sa, socklen_t len)
+{
+	return sa && len >= sizeof(sa_family_t) && ((const struct sockaddr *)sa)->sa_family == AF_PACKET &&
+	       !ft_allow_raw;
+}
+
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *dest, socklen_t dlen)
 {
 	ft_init();
+	if (is_link(dest, dlen))
+		return refuse_uncarried("sendto", fd, dest, dlen);
 	if (!is_inet(dest, dlen))
 		return ft_real.sendto(fd, buf, len, flags, dest, dlen);
 	if (flags & MSG_FASTOPEN) {
@@ -217,7 +260,7 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
 	}
 	struct sockaddr_in6 wire;
 	socklen_t wirelen;
-	int r = wire_for(fd, dest, dlen, &wire, &wirelen);
+	int r = wire_for("sendto", fd, dest, dlen, &wire, &wirelen);
 	if (r < 0)
 		return -1;
 	if (r == 0)
@@ -228,11 +271,13 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	ft_init();
+	if (msg && is_link(msg->msg_name, msg->msg_namelen))
+		return refuse_uncarried("sendmsg", fd, NULL, 0);
 	if (!msg || !is_inet(msg->msg_name, msg->msg_namelen))
 		return ft_real.sendmsg(fd, msg, flags);
 	struct sockaddr_in6 wire;
 	socklen_t wirelen;
-	int r = wire_for(fd, msg->msg_name, msg->msg_namelen, &wire, &wirelen);
+	int r = wire_for("sendmsg", fd, msg->msg_name, msg->msg_namelen, &wire, &wirelen);
 	if (r < 0)
 		return -1;
 	if (r == 0)
@@ -254,10 +299,16 @@ int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	for (unsigned int i = 0; i < n; i++) {
 		copy[i] = vec[i];
 		struct msghdr *m = &copy[i].msg_hdr;
+		if (is_link(m->msg_name, m->msg_namelen)) {
+			if (i == 0)
+				return refuse_uncarried("sendmmsg", fd, NULL, 0);
+			n = i; /* send what came before the refused one */
+			break;
+		}
 		if (!is_inet(m->msg_name, m->msg_namelen))
 			continue;
 		socklen_t wl;
-		int r = wire_for(fd, m->msg_name, m->msg_namelen, &wires[i], &wl);
+		int r = wire_for("sendmmsg", fd, m->msg_name, m->msg_namelen, &wires[i], &wl);
 		if (r < 0) {
 			if (i == 0)
 				return -1;

@@ -44,7 +44,7 @@ func run(args []string) int {
 			args = []string{"help"}
 		case opt == "--version":
 			args = []string{"version"}
-		case opt == "--allow-unhooked":
+		case opt == "--allow-unhooked", opt == "--allow-raw":
 			// A launcher option; the launcher reads it itself.
 			launcherArgs = true
 		default:

@@ -1,3 +1,5 @@
+//go:build linux
+
 package preload
 
 import (
@@ -12,14 +14,15 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/cli"
 	"golang.org/x/sys/unix"
 )
 
-const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] PROGRAM [ARGS…]
-funtun [global options] [profile=NAME | chain='…'] -- PROGRAM [ARGS…]
+const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] [--allow-raw] PROGRAM [ARGS…]
+funtun [global options] [profile=NAME | chain='…'] [--allow-…] -- PROGRAM [ARGS…]
 
 Runs PROGRAM with its network traffic passed through the profile (default:
 profile=direct). The funnel runs inside this funtun process, as you; the
@@ -32,18 +35,30 @@ funtun stays in the foreground with the program: Ctrl-C, Ctrl-Z and fg
 work as without it, SIGTERM and SIGHUP are passed on, and funtun exits
 with the program's status (128+N when a signal N ended it).
 
-Use -- when PROGRAM has the name of a funtun command: funtun -- status.
+Use -- when PROGRAM has the name of a funtun command: funtun -- version
+runs a program named version, not funtun's own command.
 
 Statically linked and set-user-ID programs cannot be hooked with
 LD_PRELOAD; funtun refuses to start them rather than let their traffic
 bypass the funnel. --allow-unhooked starts them anyway, with a warning.
+
+Raw IP, packet and ICMP echo ("ping") sockets carry packets that no piece
+of the profile could see, so the program cannot make them (EACCES,
+"Permission denied"). --allow-raw lets it make them, and their packets
+leave outside the funnel.
+
+--debug logs every flow: one the funnel relayed with its byte counts, one
+handed off to the program's own socket ("flow handed off") or connected
+by the library itself ("flow connected by the library") without: those
+bytes never pass the funnel.
 
 The library is found next to the funtun binary (bin/libfuntun.so in the
 build tree), in ../lib/funtun/ from it (after make install), or at
 $FUNTUN_PRELOAD.
 
 Examples:
-  funtun profile=6bed4 twinkle
+  funtun profile=direct curl https://example.org/
+  funtun chain='socks5 server=127.0.0.1:9050' ssh host.example   # via a SOCKS5 server (e.g. tor)
   funtun chain='hosts demo.test=127.0.0.1' curl http://demo.test:8000/
   funtun chain='tls cert=c.pem key=k.pem' python3 -m http.server 8443`
 
@@ -64,6 +79,7 @@ func init() {
 type launchArgs struct {
 	sel           funnel.Selector
 	allowUnhooked bool
+	allowRaw      bool
 	program       string
 	args          []string
 }
@@ -85,6 +101,8 @@ func parseLaunch(args []string) (launchArgs, bool, error) {
 			return la, true, nil
 		case a == "--allow-unhooked":
 			la.allowUnhooked = true
+		case a == "--allow-raw":
+			la.allowRaw = true
 		case strings.HasPrefix(a, "profile=") || strings.HasPrefix(a, "chain="):
 			sel, rest, err := funnel.TakeSelector([]string{a})
 			if err != nil {
@@ -182,11 +200,19 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 	defer cancel()
 	go srv.Serve(sctx, l)
 
-	return supervise(env, path, append([]string{la.program}, la.args...), childEnv(os.Environ(), lib, sock))
+	environ := childEnv(os.Environ(), lib, sock)
+	if la.allowRaw {
+		environ = append(environ, "FUNTUN_ALLOW_RAW=1")
+	}
+	code := supervise(env, path, append([]string{la.program}, la.args...), environ)
+	srv.waitIdle(250 * time.Millisecond)
+	return code
 }
 
 // childEnv adds the library to LD_PRELOAD (after any the user has) and
-// names the control socket.
+// names the control socket. FUNTUN_ALLOW_RAW is dropped: raw sockets are
+// allowed by this launcher's --allow-raw only, never by an environment
+// that happens to have it.
 func childEnv(environ []string, lib, sock string) []string {
 	out := make([]string, 0, len(environ)+2)
 	preload := lib
@@ -196,7 +222,7 @@ func childEnv(environ []string, lib, sock string) []string {
 			if old := strings.TrimSpace(strings.TrimPrefix(kv, "LD_PRELOAD=")); old != "" {
 				preload = old + " " + lib
 			}
-		case strings.HasPrefix(kv, "FUNTUN_SOCKET="):
+		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="):
 		default:
 			out = append(out, kv)
 		}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package preload
 
 import (
@@ -63,6 +65,30 @@ func (s *Server) connectFailed(p *peer, req request) {
 	}
 	s.Log.Debug("preload: the library reports a failed fast-path connect", "pid", p.pid, "dst", dest.String())
 	s.Engine.End(f, errno)
+}
+
+// connectedFast logs a connect the library made itself on the plain-direct
+// fast path, when successful flows are logged (--debug): the funnel never
+// sees such a flow's bytes, so the line says who connected it and counts
+// nothing.
+func (s *Server) connectedFast(p *peer, req request) {
+	ap, _, ok := parseSockaddr(req.Addr)
+	if !ok || !s.Log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	network := funnel.TCP
+	if req.Arg == unix.SOCK_DGRAM {
+		network = funnel.UDP
+	}
+	dest, err := s.destination(ap)
+	if err != nil {
+		return
+	}
+	f := s.newFlow(p, network, dest)
+	if pl, err := s.Engine.Resolve(s.Selector); err == nil {
+		f.Profile = pl.Name
+	}
+	s.Engine.EndUncounted(f, "flow connected by the library")
 }
 
 func (s *Server) connectVia(ctx context.Context, p *peer, req request, fd int) (unix.Errno, *funnel.Pipeline) {
@@ -185,8 +211,10 @@ func (s *Server) connectStream(ctx context.Context, f *funnel.Flow, pl *funnel.P
 	return errno
 }
 
-// endHandoff logs a handed-off flow: there is no relay, so this is all
-// there is to say about it.
+// endHandoff ends a handed-off flow: there is no relay, so this is all
+// there is to say about it. A failure is the engine's "flow failed" line;
+// a success gets a line that says the flow was handed off and counts no
+// bytes (they never pass the funnel).
 func (s *Server) endHandoff(r *funnel.Run, fd int, errno unix.Errno) {
 	f := r.Flow
 	failed := errno != 0 && errno != unix.EINPROGRESS
@@ -203,7 +231,7 @@ func (s *Server) endHandoff(r *funnel.Run, fd int, errno unix.Errno) {
 		r.End(errno)
 		return
 	}
-	r.End(nil)
+	r.EndHandedOff()
 }
 
 func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package preload is the funnel's side of libfuntun.so, the LD_PRELOAD
 // library, and the launcher `funtun [profile=NAME] PROGRAM [ARGS…]` that
 // starts a program with the library and a private control socket.
@@ -23,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/netx"
@@ -121,6 +124,23 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	}
 	s.Log.Warn("preload: control socket", "err", err)
 	return err
+}
+
+// waitIdle waits, up to d, until no control connection is open: reports a
+// program sent just before it exited (a failed fast-path connect) are
+// read and logged before the launcher exits. A process the program left
+// running keeps its connection, and the wait its bound.
+func (s *Server) waitIdle(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		s.connsMu.Lock()
+		n := len(s.conns)
+		s.connsMu.Unlock()
+		if n == 0 || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (s *Server) closeConns() {
@@ -229,14 +249,14 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		}
 		var resp response
 		req, ok := decodeRequest(buf[:n])
-		if ok && req.Op == opConnectFailed {
+		if ok && oneWay(req.Op) {
 			// One-way: the library does not wait for an answer, and one
 			// written now would be read as the answer to its next request.
 			if fd >= 0 {
 				unix.Close(fd)
 			}
 			if req.Version == wireVersion {
-				s.connectFailed(p, req)
+				s.report(p, req)
 			}
 			continue
 		}
@@ -297,7 +317,13 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 		errno, plain := s.connect(ctx, p, req, fd)
 		resp.setErr(int32(errno))
 		if plain {
-			resp.setFlags(connectPlainDirect)
+			var fl uint32 = connectPlainDirect
+			if s.Log.Enabled(ctx, slog.LevelInfo) {
+				// Successful flows are logged (--debug): the library is to
+				// report those it connects itself.
+				fl |= connectLogFast
+			}
+			resp.setFlags(fl)
 		}
 	case opResolve:
 		s.resolve(req, resp)
@@ -314,6 +340,64 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 	default:
 		resp.setErr(int32(unix.ENOSYS))
 	}
+}
+
+// report takes a one-way report of the library's.
+func (s *Server) report(p *peer, req request) {
+	switch req.Op {
+	case opConnectFailed:
+		s.connectFailed(p, req)
+	case opConnectedFast:
+		s.connectedFast(p, req)
+	case opRefusedUncarried:
+		s.refusedUncarried(p, req)
+	}
+}
+
+// refusedUncarried logs a socket the library refused because nothing in
+// the funnel carries it (raw, packet, ICMP echo): a program that says only
+// "Permission denied" leaves its user guessing.
+func (s *Server) refusedUncarried(p *peer, req request) {
+	sotype, proto := int(req.Flags&0xffff), int(req.Flags>>16)
+	attrs := []any{"pid", p.pid, "call", req.Name, "socket", socketKind(int(req.Arg), sotype, proto)}
+	if ap, _, ok := parseSockaddr(req.Addr); ok {
+		attrs = append(attrs, "dst", ap.String())
+	}
+	s.Log.Warn("preload: refused a socket that would bypass the funnel (raw, packet or ICMP echo: no piece of the profile sees its packets; funtun --allow-raw allows them)", attrs...)
+}
+
+var (
+	familyNames = map[int]string{unix.AF_INET: "inet", unix.AF_INET6: "inet6", unix.AF_PACKET: "packet", unix.AF_XDP: "xdp"}
+	typeNames   = map[int]string{unix.SOCK_RAW: "raw", unix.SOCK_DGRAM: "dgram", unix.SOCK_STREAM: "stream", unix.SOCK_PACKET: "packet", unix.SOCK_SEQPACKET: "seqpacket"}
+)
+
+// socketKind names a socket the way socket(2) is called: "inet/raw/icmp".
+func socketKind(family, sotype, proto int) string {
+	fam := familyNames[family]
+	if fam == "" {
+		fam = strconv.Itoa(family)
+	}
+	typ := typeNames[sotype]
+	if typ == "" {
+		typ = strconv.Itoa(sotype)
+	}
+	var pr string
+	switch {
+	case family == unix.AF_PACKET:
+		// The protocol of a packet socket is an EtherType in network order.
+		pr = "0x" + strconv.FormatUint(uint64(uint16(proto)>>8|uint16(proto)<<8), 16)
+	case proto == unix.IPPROTO_ICMP && family == unix.AF_INET:
+		pr = "icmp"
+	case proto == unix.IPPROTO_ICMPV6:
+		pr = "icmpv6"
+	case proto == unix.IPPROTO_UDP:
+		pr = "udp"
+	case proto == unix.IPPROTO_TCP:
+		pr = "tcp"
+	default:
+		pr = strconv.Itoa(proto)
+	}
+	return fam + "/" + typ + "/" + pr
 }
 
 func (s *Server) resolve(req request, resp *response) {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package preload
 
 import (
@@ -80,7 +82,7 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 		if ra, ok := u.RemoteAddr().(*net.UDPAddr); ok {
 			if _, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
 				u.Close()
-				r.End(nil)
+				r.EndHandedOff()
 				resp.setAddr(rawSockaddr(netx.AddrPortOf(ra), family))
 				return
 			}

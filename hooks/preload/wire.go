@@ -1,3 +1,5 @@
+//go:build linux
+
 package preload
 
 import (
@@ -14,7 +16,7 @@ import (
 // when the operation acts on it) and waits for one response. Integers are
 // in host byte order; addresses are raw sockaddr_in / sockaddr_in6 bytes.
 const (
-	wireVersion = 2
+	wireVersion = 3
 	nameMax     = 256
 	addrMax     = 28
 
@@ -49,12 +51,20 @@ const (
 	opUDPAssoc = 7
 	opUnlisten = 9
 	// One-way: the library expects no answer (see funtun_wire.h).
-	opConnectFailed = 10
+	opConnectFailed    = 10
+	opConnectedFast    = 11
+	opRefusedUncarried = 12
 )
+
+// oneWay: operations the funnel never answers.
+func oneWay(op uint32) bool {
+	return op == opConnectFailed || op == opConnectedFast || op == opRefusedUncarried
+}
 
 // Response flags of CONNECT.
 const (
 	connectPlainDirect = 1
+	connectLogFast     = 2
 )
 
 const (

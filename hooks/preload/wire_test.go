@@ -1,3 +1,5 @@
+//go:build linux
+
 package preload
 
 import (
@@ -29,7 +31,8 @@ int main(void) {
 	       offsetof(struct ft_resp, addr2), offsetof(struct ft_resp, name));
 	printf("%d %d %d %d %d %d %d %d\n", FT_WIRE_VERSION, FT_OP_CONNECT, FT_OP_RESOLVE, FT_OP_REVERSE,
 	       FT_OP_LISTEN, FT_OP_ACCEPTED, FT_OP_UDP_ASSOC, FT_OP_UNLISTEN);
-	printf("%d %d\n", FT_OP_CONNECT_FAILED, FT_CONNECT_PLAIN_DIRECT);
+	printf("%d %d %d %d %d\n", FT_OP_CONNECT_FAILED, FT_OP_CONNECTED_FAST, FT_OP_REFUSED, FT_CONNECT_PLAIN_DIRECT,
+	       FT_CONNECT_LOG_FAST);
 	printf("%d %d %d %d %d %d\n", FT_LISTEN_NATIVE, FT_LISTEN_TAKEN, FT_NAME_MAX, FT_ADDR_MAX, FT_REQ_SIZE, FT_RESP_SIZE);
 	return 0;
 }
@@ -49,7 +52,7 @@ int main(void) {
 		itoa(reqVersion, reqOp, reqArg, reqFlags, reqAddrLen, reqAddr, reqName),
 		itoa(respErr, respFlags, respAddrLen, respAddr, respAddr2Len, respAddr2, respName),
 		itoa(wireVersion, opConnect, opResolve, opReverse, opListen, opAccepted, opUDPAssoc, opUnlisten),
-		itoa(opConnectFailed, connectPlainDirect),
+		itoa(opConnectFailed, opConnectedFast, opRefusedUncarried, connectPlainDirect, connectLogFast),
 		itoa(listenNative, listenTaken, nameMax, addrMax, reqSize, respSize),
 	}, "\n") + "\n"
 	if string(out) != want {

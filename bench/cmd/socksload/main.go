@@ -1,9 +1,12 @@
 // Command socksload is the load side of bench/socks5d.sh: a SOCKS5 client
 // that does the handshake itself, so every server under test faces the
 // same client, and the echo server those clients reach through the proxy.
+// With --plain, short speaks no SOCKS5 and connects straight to --target,
+// for forwarders (bench/forward-short.sh).
 //
 //	socksload echo  --listen 127.0.0.1:0
 //	socksload short --proxy ADDR --target ADDR [--conns 20000] [--parallel 32]
+//	socksload short --plain --target ADDR [--conns 20000] [--parallel 32]
 //	socksload idle  --proxy ADDR --target ADDR [--sessions 5000] --ready FILE
 //
 // short and idle print one JSON object on stdout. Everything is bounded in
@@ -232,12 +235,14 @@ type shortResult struct {
 }
 
 // runShort makes conns short connections, parallel at a time: handshake,
-// CONNECT, one echo of payload bytes, close. Latency is from the start of
-// the dial to the echo's return.
+// CONNECT, one echo of payload bytes, close (with --plain: connect to the
+// target, echo, close). Latency is from the start of the dial to the
+// echo's return.
 func runShort(args []string) error {
 	fs := flag.NewFlagSet("short", flag.ExitOnError)
 	proxy := fs.String("proxy", "", "SOCKS5 server address")
-	targetS := fs.String("target", "", "echo server IP:PORT to CONNECT to")
+	plain := fs.Bool("plain", false, "no SOCKS5: connect straight to --target (a forwarder's listening address)")
+	targetS := fs.String("target", "", "echo server IP:PORT to CONNECT to (with --plain: to connect to)")
 	conns := fs.Int("conns", 20000, "connections in all")
 	parallel := fs.Int("parallel", 32, "connections at a time")
 	size := fs.Int("payload", 64, "bytes echoed per connection")
@@ -248,8 +253,19 @@ func runShort(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *proxy == "" || *conns < 1 || *parallel < 1 || *size < 1 || *size > 4096 {
-		return errors.New("short needs --proxy, and positive --conns, --parallel, --payload (at most 4096)")
+	if *plain == (*proxy != "") || *conns < 1 || *parallel < 1 || *size < 1 || *size > 4096 {
+		return errors.New("short needs one of --proxy and --plain, and positive --conns, --parallel, --payload (at most 4096)")
+	}
+	dial := func() (net.Conn, error) { return socksConnect(*proxy, target, *timeout) }
+	if *plain {
+		dial = func() (net.Conn, error) {
+			c, err := net.DialTimeout("tcp", target.String(), *timeout)
+			if err != nil {
+				return nil, fmt.Errorf("dial: %w", err)
+			}
+			c.SetDeadline(time.Now().Add(*timeout))
+			return c, nil
+		}
 	}
 	payload := make([]byte, *size)
 	for i := range payload {
@@ -274,7 +290,7 @@ func runShort(args []string) error {
 					break
 				}
 				t0 := time.Now()
-				c, err := socksConnect(*proxy, target, *timeout)
+				c, err := dial()
 				if err == nil {
 					err = echoOnce(c, payload, back)
 					c.Close()
