@@ -116,11 +116,25 @@ func (c *Catalog) Sources() ([]Source, error) {
 // current and still returns the error: the caller decides whether a broken
 // profile it does not use is a warning (see Resolve, which repeats a broken
 // profile's error when asked for it).
-func (c *Catalog) Load() error {
+func (c *Catalog) Load() error { return c.LoadChecked(nil) }
+
+// LoadChecked is Load for a caller whose own configuration names profiles
+// (a users file, a command's profile=): check runs on the new set once it
+// compiles, before anything in it opens (ResolveIn finds what a selector
+// would get there), and an error from check refuses the set as a compile
+// error does: on a reload the current set stays, on the first load
+// nothing becomes current. A nil check is Load.
+func (c *Catalog) LoadChecked(check func(*Set) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	set, err := c.Compile()
 	old := c.cur.Load()
+	if check != nil && (err == nil || old == nil) {
+		if cerr := check(set); cerr != nil {
+			set.closePieces()
+			return errors.Join(err, cerr)
+		}
+	}
 	if old != nil {
 		if err == nil {
 			err = set.Open()

@@ -520,30 +520,34 @@ func (pl *Pipeline) KernelDial() (DialPolicy, bool) {
 // when the flow ends, so a retired set closes its pieces after its last flow.
 func (pl *Pipeline) Hold() (release func()) {
 	s := pl.set
-	s.active.Add(1)
-	return func() {
-		if s.active.Add(-1) == 0 && s.retired.Load() {
-			s.closePieces()
-		}
+	s.hold()
+	return s.release
+}
+
+func (s *Set) hold() { s.active.Add(1) }
+
+func (s *Set) release() {
+	if s.active.Add(-1) == 0 && s.retired.Load() {
+		s.closePieces()
 	}
 }
 
-// tryHold is Hold, unless the set has closed (a reload retired it between
-// the flow's Resolve and now): then it holds nothing and says so.
-func (pl *Pipeline) tryHold() (release func(), ok bool) {
+// tryHold holds pl's set, unless the set has closed (a reload retired it
+// between the flow's Resolve and now): then it holds nothing and says so.
+func (pl *Pipeline) tryHold() bool {
 	s := pl.set
-	release = pl.Hold()
+	s.hold()
 	if !s.retired.Load() {
-		return release, true
+		return true
 	}
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
-		release()
-		return nil, false
+		s.release()
+		return false
 	}
-	return release, true
+	return true
 }
 
 // Open makes the set live: every profile's pieces open (Opener), app side

@@ -47,8 +47,33 @@ func (e *Engine) Resolve(sel Selector) (*Pipeline, error) { return e.Catalog.Res
 // NewFlow makes a flow whose log lines carry its id.
 func (e *Engine) NewFlow(hook string, network Network, dest Addr) *Flow {
 	f := NewFlow(hook, network, dest)
-	f.Log = e.Log.With("flow", f.ID)
+	f.Log = slog.New(&flowHandler{parent: e.Log.Handler(), id: f.ID})
 	return f
+}
+
+// flowHandler adds a flow's id to its log lines. It formats the id only
+// for a line that is written: most flows write none (or one, at their
+// end), and an idle flow should not hold a pre-formatted copy of the
+// engine's handler (slog.Logger.With makes one).
+type flowHandler struct {
+	parent slog.Handler
+	id     uint64
+}
+
+func (h *flowHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.parent.Enabled(ctx, l)
+}
+
+func (h *flowHandler) Handle(ctx context.Context, r slog.Record) error {
+	return h.parent.WithAttrs([]slog.Attr{slog.Uint64("flow", h.id)}).Handle(ctx, r)
+}
+
+func (h *flowHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return h.parent.WithAttrs(append([]slog.Attr{slog.Uint64("flow", h.id)}, as...))
+}
+
+func (h *flowHandler) WithGroup(name string) slog.Handler {
+	return h.parent.WithAttrs([]slog.Attr{slog.Uint64("flow", h.id)}).WithGroup(name)
 }
 
 // ServeStream carries an outgoing stream flow from begin to end: it dials

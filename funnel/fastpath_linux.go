@@ -25,16 +25,17 @@ import (
 // loopConn is one flow served by a loop: a client being greeted, a dial in
 // progress, or a relay.
 type loopConn struct {
-	id       int32 // generation: tells a stale event from one for a reused descriptor
-	cfd, ufd int   // client (app side) and upstream sockets; ufd is -1 until the dial
-	state    loopState
-	hs       *handshakeBuf // bytes of the handshake so far; nil once relaying
-	phase    uint8         // the hook's handshake state
-	deadline time.Time     // of the handshake or the dial
-	remote   netip.AddrPort
-	dest     netip.AddrPort
-	lst      *loopListener // nil for an adopted relay
-	policy   DialPolicy
+	id        int32 // generation: tells a stale event from one for a reused descriptor
+	cfd, ufd  int   // client (app side) and upstream sockets; ufd is -1 until the dial
+	state     loopState
+	hs        *handshakeBuf // bytes of the handshake so far; nil once relaying
+	phase     uint8         // the hook's handshake state
+	deadline  time.Time     // of the handshake or the dial
+	remote    netip.AddrPort
+	dest      netip.AddrPort
+	lst       *loopListener   // nil for an adopted relay
+	ctx       context.Context // an adopted relay's: its end ends the flow
+	errPrefix string          // of the dialing piece's errors
 
 	run  *Run
 	idle time.Duration
@@ -49,7 +50,6 @@ type loopConn struct {
 	// has not moved.
 	idleMark  int64
 	idleSince time.Time
-	stopCtx   func() bool
 }
 
 type loopState uint8
@@ -119,12 +119,16 @@ type eventLoop struct {
 	mu   sync.Mutex
 	cmds []loopCmd
 	stop bool
+	// watched: the contexts of adopted relays, each watched once however
+	// many flows share it (hooks pass their server's), so that a flow
+	// costs no registration of its own.
+	watched map[context.Context]struct{}
 }
 
 // loopCmd is work handed to a loop from another goroutine.
 type loopCmd struct {
-	adopt *loopConn // a relay to take over
-	kill  *loopConn // a flow whose context ended
+	adopt *loopConn       // a relay to take over
+	ended context.Context // its flows end
 }
 
 // serveLoop serves l on loops of its own, one per P, until ctx ends. The
@@ -370,8 +374,13 @@ func (ev *eventLoop) commands() bool {
 		switch {
 		case cmd.adopt != nil:
 			ev.adopt(cmd.adopt)
-		case cmd.kill != nil:
-			ev.finish(cmd.kill, nil)
+		case cmd.ended != nil:
+			delete(ev.watched, cmd.ended)
+			for c := range ev.conns {
+				if c.ctx == cmd.ended {
+					ev.finish(c, nil)
+				}
+			}
 		}
 	}
 	return stop
@@ -642,7 +651,7 @@ func (ev *eventLoop) dial(c *loopConn) {
 	f.Source = net.TCPAddrFromAddrPort(c.remote)
 	c.run = lst.e.Begin(f, pl)
 	c.idle = lst.fl.Idle
-	c.policy = pol
+	c.errPrefix = pol.ErrPrefix
 	c.state = stateDialing
 	c.deadline = time.Time{}
 	if pol.Timeout > 0 {
@@ -719,7 +728,7 @@ func (ev *eventLoop) dialDone(c *loopConn) {
 
 // dialFailed answers the client as the hook says, and ends the flow.
 func (ev *eventLoop) dialFailed(c *loopConn, err error) {
-	err = dialErr(c.policy.ErrPrefix, c.dest, err)
+	err = dialErr(c.errPrefix, c.dest, err)
 	if hs := c.lst.fl.Handshake; hs != nil {
 		var b [32]byte
 		sysWrite(c.cfd, hs.Answer(b[:0], netip.AddrPort{}, err))
@@ -933,9 +942,6 @@ func (ev *eventLoop) end(c *loopConn, err error) {
 		handshakeBufs.Put(c.hs)
 		c.hs = nil
 	}
-	if c.stopCtx != nil {
-		c.stopCtx()
-	}
 	if c.lst != nil {
 		c.lst.fl.Finished()
 		c.lst.wg.Done()
@@ -1032,13 +1038,13 @@ func (e *Engine) kernelRelay(ctx context.Context, r *Run, app, network net.Conn,
 	nt.Close()
 	c := &loopConn{cfd: cfd, ufd: ufd, run: r, idle: opt.Idle, done: opt.Done,
 		remote: netx.AddrPortOf(at.RemoteAddr()), dest: netx.AddrPortOf(nt.RemoteAddr())}
+	if ctx.Done() != nil {
+		c.ctx = ctx
+	}
 	relayLoops.mu.Lock()
 	relayLoops.next++
 	ev := relayLoops.loops[int(relayLoops.next)%len(relayLoops.loops)]
 	relayLoops.mu.Unlock()
-	if ctx.Done() != nil {
-		c.stopCtx = context.AfterFunc(ctx, func() { ev.post(loopCmd{kill: c}, false) })
-	}
 	ev.post(loopCmd{adopt: c}, false)
 	return true
 }
@@ -1070,6 +1076,21 @@ func (ev *eventLoop) adopt(c *loopConn) {
 		ev.nextID = 0
 	}
 	c.id = ev.nextID
+	if c.ctx != nil {
+		if c.ctx.Err() != nil {
+			ev.conns[c] = struct{}{}
+			ev.finish(c, nil)
+			return
+		}
+		if _, ok := ev.watched[c.ctx]; !ok {
+			if ev.watched == nil {
+				ev.watched = map[context.Context]struct{}{}
+			}
+			ev.watched[c.ctx] = struct{}{}
+			ctx := c.ctx
+			context.AfterFunc(ctx, func() { ev.post(loopCmd{ended: ctx}, false) })
+		}
+	}
 	ev.conns[c] = struct{}{}
 	ev.setRef(c.cfd, c, false)
 	ev.setRef(c.ufd, c, true)

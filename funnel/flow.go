@@ -58,10 +58,11 @@ func NewFlow(hook string, network Network, dest Addr) *Flow {
 		Dest:    dest,
 		Network: network,
 		Start:   time.Now(),
-		Up:      new(atomic.Int64),
-		Down:    new(atomic.Int64),
 		Log:     slog.Default(),
 	}
+	// One allocation for both counters.
+	counts := new([2]atomic.Int64)
+	f.Up, f.Down = &counts[0], &counts[1]
 	return f
 }
 

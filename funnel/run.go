@@ -28,14 +28,13 @@ type Run struct {
 	Flow     *Flow
 	Pipeline *Pipeline
 	e        *Engine
-	release  func()
 	ended    atomic.Bool
 }
 
 // Begin starts a flow through pl: the set pl belongs to stays alive (its
 // pieces open) until the flow ends.
 func (e *Engine) Begin(f *Flow, pl *Pipeline) *Run {
-	release, ok := pl.tryHold()
+	ok := pl.tryHold()
 	for tries := 0; !ok && tries < 3; tries++ {
 		// A reload retired pl's set between the hook's Resolve and now,
 		// and its pieces have closed: the flow takes the same profile
@@ -45,11 +44,11 @@ func (e *Engine) Begin(f *Flow, pl *Pipeline) *Run {
 			break
 		}
 		pl = npl
-		release, ok = pl.tryHold()
+		ok = pl.tryHold()
 	}
 	if !ok {
 		// The profile is gone: its closed pieces fail the flow.
-		release = pl.Hold()
+		pl.set.hold()
 	}
 	if f.Profile == "" {
 		f.Profile = pl.Name
@@ -57,8 +56,11 @@ func (e *Engine) Begin(f *Flow, pl *Pipeline) *Run {
 	if f.Log == nil {
 		f.Log = e.Log
 	}
-	return &Run{Flow: f, Pipeline: pl, e: e, release: release}
+	return &Run{Flow: f, Pipeline: pl, e: e}
 }
+
+// release lets go of the flow's set (Begin held it).
+func (r *Run) release() { r.Pipeline.set.release() }
 
 // Upstream is what dialing a stream flow gives: a connection through the
 // chain, or, when the flow asked for a handoff and nothing in the chain

@@ -24,6 +24,7 @@ func main() {
 func run(args []string) int {
 	format, level := "text", slog.LevelInfo
 	launcherArgs := false
+	pprofAddr := ""
 	if len(args) > 0 && args[0] == "-h" {
 		// The same help as --help and `funtun help`.
 		args = []string{"help"}
@@ -44,6 +45,10 @@ func run(args []string) int {
 			args = []string{"help"}
 		case opt == "--version":
 			args = []string{"version"}
+		case opt == "--pprof" && len(args) > 1:
+			pprofAddr, args = args[1], args[2:]
+		case strings.HasPrefix(opt, "--pprof="):
+			pprofAddr, args = strings.TrimPrefix(opt, "--pprof="), args[1:]
 		case opt == "--allow-unhooked", opt == "--allow-raw":
 			// A launcher option; the launcher reads it itself.
 			launcherArgs = true
@@ -62,6 +67,15 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if pprofAddr != "" {
+		// The global form, for the launcher's funnel; daemon commands
+		// also take it after their name.
+		if err := env.ServePprof(pprofAddr); err != nil {
+			fmt.Fprintf(os.Stderr, "funtun: %v\n", err)
+			return 2
+		}
+		defer env.StopPprof()
+	}
 
 	if len(args) == 0 {
 		usage(env)
@@ -104,6 +118,9 @@ Commands:
 Global options:
   --log-format text|json   log format on stderr (default text)
   --debug | --quiet        more or fewer log lines
+  --pprof ADDR             serve Go's profiler on a loopback ADDR while funtun
+                           runs (the launcher's funnel; daemons also take it
+                           after their command's name)
 
 Profiles are read from $XDG_CONFIG_HOME/funtun/profiles/NAME.profile
 (~/.config/funtun/profiles), /etc/funtun/profiles, then the built-ins.

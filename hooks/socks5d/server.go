@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/funtun/funtun/internal/logx"
 	"github.com/funtun/funtun/internal/netx"
 	"github.com/funtun/funtun/internal/socks5wire"
 	"io"
@@ -39,6 +40,14 @@ type Server struct {
 	// MaxConns bounds the client connections served at once; one more is
 	// accepted and closed at once rather than queued.
 	MaxConns int
+	// MaxBinds bounds the BIND listeners and UDP associations open at
+	// once (0: defaultMaxBinds): each holds files for as long as its
+	// client likes, so past the bound a request gets general failure
+	// instead of the next client getting nothing (takeBindSlot).
+	MaxBinds int
+	// UDPBroadcast lets UDP ASSOCIATE clients send to broadcast and
+	// multicast destinations, which are refused otherwise (udp.go).
+	UDPBroadcast bool
 	// GeneralOnly serves every client on the general path, one goroutine
 	// per client; otherwise an event loop serves plain-direct CONNECTs of
 	// TCP listeners itself (loop.go).
@@ -54,6 +63,22 @@ type Server struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	lastMax time.Time
+
+	binds        atomic.Int64 // BIND listeners and UDP relays open
+	bindsRefused atomic.Int64
+	lastBindMax  time.Time                // guarded by mu
+	udpRefused   atomic.Int64             // datagrams to broadcast or multicast destinations dropped
+	lastUDPWarn  time.Time                // guarded by mu
+	broadcasts   atomic.Pointer[bcastSet] // this host's subnet broadcast addresses
+	claimWindow  time.Duration            // udpClaimWindow unless set (tests)
+
+	// logins bounds the work of password checks: a few bcrypts at a
+	// time, backoff per source (users.go, loginGuard). It outlives
+	// reloads of the users file.
+	logins loginGuard
+	// warns keeps floods of bad clients out of the log: a few warnings
+	// per client address and period, then a summary (internal/logx).
+	warns logx.Limiter
 }
 
 // SetUsers switches the users file in force; nil turns authentication off.
@@ -127,6 +152,8 @@ func (s *Server) Serve(ctx context.Context, ls ...net.Listener) error {
 	}
 	cancel()
 	s.wg.Wait()
+	// The last period's summary of suppressed warnings.
+	s.warns.Flush()
 	return first
 }
 
@@ -277,7 +304,8 @@ func (ss *session) handshake() (request, bool) {
 // greet runs method selection and authentication.
 func (ss *session) greet() bool {
 	s, c, w := ss.s, ss.c, ss.w
-	src := ss.remote.String()
+	// serveConnFrom set the connection's deadline just before.
+	deadline := time.Now().Add(s.HandshakeTimeout)
 	methods, err := readGreeting(w)
 	if err != nil {
 		ss.logProto("greeting", err)
@@ -286,7 +314,7 @@ func (ss *session) greet() bool {
 	if !s.allowed(ss.remote) {
 		// Tell the client why where the protocol has a way to: reply 2
 		// (not allowed by ruleset) to its request.
-		s.Log.Warn("client not in --allow: refused", "src", src)
+		ss.warn("client not in --allow: refused")
 		if !offers(methods, socks5wire.MethodNone) {
 			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
@@ -305,7 +333,7 @@ func (ss *session) greet() bool {
 	}
 	if users := s.users.Load(); users != nil {
 		if !offers(methods, socks5wire.MethodPassword) {
-			s.Log.Warn("client offers no username/password method, and --users requires one: refused", "src", src)
+			ss.warn("client offers no username/password method, and --users requires one: refused")
 			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
 		}
@@ -321,9 +349,23 @@ func (ss *session) greet() bool {
 			}
 			return false
 		}
-		e, ok := users.Check(user, pass)
-		if !ok {
-			s.Log.Warn("authentication failed", "src", src, "user", user)
+		// The check is bounded (users.go, login): a flood of wrong
+		// passwords gets status 1 at once rather than a bcrypt each.
+		pause := func(d time.Duration) bool { return ss.tarpit(d, deadline) }
+		e, res, retry := users.login(&s.logins, netx.AddrPortOf(ss.remote).Addr(), user, pass, deadline, pause)
+		if res != loginOK {
+			switch res {
+			case loginBackoff:
+				ss.warn("login refused unchecked: too many failed logins from this address lately", "user", user, "retry_in", retry.Round(time.Second).String())
+			case loginBusy:
+				ss.warn("login refused unchecked: too many password checks at once", "user", user)
+			default:
+				if retry > 0 {
+					ss.warn("authentication failed", "user", user, "backoff", retry.String())
+				} else {
+					ss.warn("authentication failed", "user", user)
+				}
+			}
 			c.Write([]byte{socks5wire.AuthVersion, 1})
 			return false
 		}
@@ -333,7 +375,7 @@ func (ss *session) greet() bool {
 		ss.user, ss.entry = user, e
 	} else {
 		if !offers(methods, socks5wire.MethodNone) {
-			s.Log.Warn("client offers only methods that need --users (e.g. username/password): refused", "src", src, "methods", fmt.Sprint(methods))
+			ss.warn("client offers only methods that need --users (e.g. username/password): refused", "methods", fmt.Sprint(methods))
 			c.Write([]byte{socks5wire.Version, socks5wire.MethodNoAcceptable})
 			return false
 		}
@@ -357,12 +399,47 @@ func (ss *session) logProto(what string, err error) {
 	var pe *protoError
 	switch {
 	case errors.As(err, &pe):
-		ss.s.Log.Warn("malformed SOCKS5 "+what, "src", ss.remote.String(), "err", err)
+		ss.warn("malformed SOCKS5 "+what, "err", err)
 	case errors.Is(err, io.EOF):
 		// A port scan or a health check: not worth a warning.
 		ss.s.Log.Debug("client closed during the handshake", "src", ss.remote.String())
 	default:
 		ss.s.Log.Debug("SOCKS5 "+what, "src", ss.remote.String(), "err", err)
+	}
+}
+
+// warn logs a warning about the client, a few per client address and
+// period (s.warns): 2,000 garbage connections cost the log a few lines
+// and a summary that counts the rest.
+func (ss *session) warn(msg string, args ...any) {
+	src := ss.remote.String()
+	key := src
+	if ap := netx.AddrPortOf(ss.remote); ap.IsValid() {
+		key = ap.Addr().Unmap().String()
+	}
+	if ss.s.warns.Allow(ss.s.Log, slog.LevelWarn, key, msg) {
+		ss.s.Log.Warn(msg, append([]any{"src", src}, args...)...)
+	}
+}
+
+// tarpit waits d on the client's connection, for a login from a source in
+// backoff. The wait ends early, with false, when the client goes away or
+// the server stops (which closes the connection), so that nothing waits
+// for nobody. Bytes the client sends meanwhile (a request sent ahead)
+// stay in the reader.
+func (ss *session) tarpit(d time.Duration, deadline time.Time) bool {
+	defer ss.c.SetReadDeadline(deadline)
+	ss.c.SetReadDeadline(time.Now().Add(d))
+	for {
+		_, err := ss.w.peek(ss.w.end - ss.w.start + 1)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return true
+		default:
+			return false
+		}
 	}
 }
 
@@ -466,6 +543,14 @@ func (ss *session) serveMapped(ctx context.Context, pl *funnel.Pipeline, m *Map,
 // the profile's pieces as an incoming flow.
 func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req request) {
 	s := ss.s
+	release, ok := s.takeBindSlot("a BIND")
+	if !ok {
+		// No flow and no line per refusal (takeBindSlot warns): a flood
+		// of BINDs must not become a flood of log lines.
+		ss.sendReply(socks5wire.ReplyGeneral, netip.AddrPort{})
+		return
+	}
+	defer release()
 	r := s.Engine.Begin(ss.newFlow(funnel.TCP, req.dest), pl)
 	f := r.Flow
 	local := netx.AddrPortOf(ss.c.LocalAddr()).Addr().Unmap()
@@ -525,6 +610,9 @@ func (ss *session) serveBind(ctx context.Context, pl *funnel.Pipeline, req reque
 		break
 	}
 	l.Close()
+	// From here on it is a connection like a CONNECT's, which --max-conns
+	// counts: the slot was for the listener.
+	release()
 	// Stop the watcher without losing a byte it may have read.
 	ss.c.SetReadDeadline(time.Now())
 	<-gone

@@ -14,8 +14,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -49,8 +51,15 @@ to addresses are served by one event loop per CPU, which costs about a
 third less CPU per connection; everything else takes the general path.
 --event-loop=false sends every client the general way.
 
-SIGHUP recompiles every profile and rereads --users and --map; on error
-the old ones stay in force.`
+SIGHUP recompiles every profile and rereads --users and --map, as one:
+when a profile does not compile, a file is broken, or a profile still in
+use (the command's, a user's) is gone, nothing changes and the error says
+what is missing.
+
+UDP ASSOCIATE serves only the client's address, and of it the port the
+request names, or, when it names 0, the port of the first datagram within
+10s. Datagrams to broadcast and multicast addresses are dropped unless
+--udp-broadcast is given.`
 
 func init() {
 	cli.Register(&cli.Command{
@@ -76,6 +85,8 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	usersFile := fs.String("users", "", "require username/password logins checked against this file (user:bcrypt-hash[:profile] lines)")
 	mapFile := fs.String("map", "", "server-side variant: map requested destinations to local services (PATTERN:PORT -> TARGET lines)")
 	maxConns := fs.Int("max-conns", 10000, "client connections served at once; more are closed at once")
+	maxBinds := fs.Int("max-binds", defaultMaxBinds, "BIND listeners and UDP associations open at once; more requests get general failure")
+	udpBroadcast := fs.Bool("udp-broadcast", false, "let UDP ASSOCIATE clients send to broadcast and multicast addresses (refused by default)")
 	handshake := fs.Duration("handshake-timeout", 10*time.Second, "time a client has for greeting, login and request")
 	idle := fs.Duration("idle", time.Hour, "end a TCP flow after this long without traffic either way (0: never)")
 	udpIdle := fs.Duration("udp-idle", 2*time.Minute, "end a UDP ASSOCIATE destination after this long without datagrams")
@@ -93,6 +104,9 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	}
 	if *maxConns < 1 {
 		return env.Usagef("socks5d", "--max-conns must be at least 1")
+	}
+	if *maxBinds < 1 {
+		return env.Usagef("socks5d", "--max-binds must be at least 1")
 	}
 	if *handshake <= 0 || *udpIdle <= 0 || *bindTimeout <= 0 || *idle < 0 {
 		return env.Usagef("socks5d", "timeouts must be positive (--idle may be 0 for none)")
@@ -115,7 +129,8 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	srv := &Server{
 		Engine: eng, Selector: sel, Allow: allow,
 		HandshakeTimeout: *handshake, IdleTimeout: *idle, UDPIdle: *udpIdle,
-		BindTimeout: *bindTimeout, MaxConns: *maxConns, GeneralOnly: !*eventLoop, Log: env.Log,
+		BindTimeout: *bindTimeout, MaxConns: *maxConns, MaxBinds: *maxBinds,
+		UDPBroadcast: *udpBroadcast, GeneralOnly: !*eventLoop, Log: env.Log,
 	}
 	if *usersFile != "" {
 		u, err := loadUsersChecked(eng, *usersFile)
@@ -191,7 +206,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	}
 	env.Log.Info("socks5d serving", attrs...)
 
-	cli.ReloadOnHUP(ctx, eng, func() { reloadFiles(env, eng, srv, *usersFile, *mapFile) })
+	cli.ReloadOnHUP(ctx, eng, reloadFiles(env, eng.Catalog, srv, *usersFile, *mapFile))
 	if err := srv.Serve(ctx, ls...); err != nil && ctx.Err() == nil {
 		return env.Errorf("socks5d", "%v", err)
 	}
@@ -261,46 +276,92 @@ func parseAllow(list []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// loadUsersChecked loads a users file and makes sure every profile it
-// names exists.
+// loadUsersChecked loads a users file and makes sure that every profile
+// it names is among the profiles in force.
 func loadUsersChecked(eng *funnel.Engine, path string) (*Users, error) {
+	return loadUsersIn(eng.Catalog, eng.Catalog.Current(), path)
+}
+
+// loadUsersIn loads a users file and makes sure that every profile it
+// names is in set: the profiles in force, or those a reload would bring.
+// The error names the line, the user and the profile.
+func loadUsersIn(c *funnel.Catalog, set *funnel.Set, path string) (*Users, error) {
 	u, err := LoadUsers(path)
 	if err != nil {
 		return nil, err
 	}
-	profiles := u.Profiles()
-	names := make([]string, 0, len(profiles))
-	for n := range profiles {
-		names = append(names, n)
+	if set == nil {
+		return nil, fmt.Errorf("users file %s: no profiles loaded", path)
 	}
-	sort.Strings(names)
-	var errs []error
-	for _, n := range names {
-		if _, err := eng.Resolve(funnel.Selector{Profile: n}); err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %v", path, profiles[n], err))
+	type use struct {
+		user string
+		e    userEntry
+	}
+	var uses []use
+	for user, e := range u.entries {
+		if e.profile != "" {
+			uses = append(uses, use{user, e})
 		}
 	}
-	return u, errors.Join(errs...)
+	sort.Slice(uses, func(i, j int) bool { return uses[i].e.line < uses[j].e.line })
+	dir := "~/.config/funtun/profiles"
+	if len(c.Dirs) > 0 {
+		dir = c.Dirs[0]
+	}
+	var errs []error
+	for _, x := range uses {
+		name := x.e.profile
+		if _, ok := set.Profile(name); ok {
+			continue
+		}
+		if cause := set.Broken(name); cause != nil {
+			errs = append(errs, fmt.Errorf("users file %s:%d: profile %q, which user %s takes, does not compile: %w", path, x.e.line, name, x.user, cause))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("users file %s:%d: no profile named %q, which user %s takes: put it in %s", path, x.e.line, name, x.user, filepath.Join(dir, name+funnel.ProfileExt)))
+	}
+	if len(errs) > 0 {
+		return nil, joinErrors(errs)
+	}
+	return u, nil
 }
 
-// reloadFiles rereads the users and map files on SIGHUP, after the
-// profiles; a broken file keeps the old one.
-func reloadFiles(env *cli.Env, eng *funnel.Engine, srv *Server, usersFile, mapFile string) {
-	if usersFile != "" {
-		if u, err := loadUsersChecked(eng, usersFile); err != nil {
-			env.Log.Error("users file reload failed; keeping the old one", "err", err)
-		} else {
-			srv.SetUsers(u)
-			env.Log.Info("users file reloaded", "file", usersFile)
+// reloadFiles is socks5d's part of a reload (cli.Reload): the users and
+// map files are read again and checked against the new profiles, and go
+// in force with them, or the whole reload is refused and the old
+// profiles, users and map all stay.
+func reloadFiles(env *cli.Env, c *funnel.Catalog, srv *Server, usersFile, mapFile string) cli.ReloadStep {
+	return func(set *funnel.Set) (func(), error) {
+		var errs []error
+		var u *Users
+		var m *Map
+		var err error
+		if usersFile != "" {
+			if u, err = loadUsersIn(c, set, usersFile); err != nil {
+				errs = append(errs, err)
+			}
 		}
-	}
-	if mapFile != "" {
-		if m, err := LoadMap(mapFile); err != nil {
-			env.Log.Error("map file reload failed; keeping the old one", "err", err)
-		} else {
-			srv.SetMap(m)
-			env.Log.Info("map file reloaded", "file", mapFile)
+		if mapFile != "" {
+			if m, err = LoadMap(mapFile); err != nil {
+				errs = append(errs, err)
+			}
 		}
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		return func() {
+			if u != nil {
+				srv.SetUsers(u)
+				env.Log.Info("users file reloaded", "file", usersFile)
+			}
+			if m != nil {
+				srv.SetMap(m)
+				env.Log.Info("map file reloaded", "file", mapFile)
+			}
+			// Interfaces may have changed too: a reload is the
+			// administrator's way to say so.
+			srv.refreshBroadcasts()
+		}, nil
 	}
 }
 
@@ -372,3 +433,42 @@ func joinErrors(errs []error) error {
 	}
 	return errors.Join(errs...)
 }
+
+// defaultMaxBinds is --max-binds: BIND listeners and UDP associations open
+// at once. Each holds two or three files (the client's connection, a
+// listener or relay socket, a datagram flow's socket per destination) for
+// as long as its client likes; 256 of them stay well inside the usual
+// 1,024-file soft limit with room for ordinary clients.
+const defaultMaxBinds = 256
+
+// takeBindSlot counts a BIND listener or UDP association against
+// MaxBinds; release gives the slot back. When none is left it reports
+// false (and warns at most every 10s): the request is refused with a
+// SOCKS reply, while ordinary clients, whose CONNECTs need files too, go
+// on being served.
+func (s *Server) takeBindSlot(what string) (release func(), ok bool) {
+	max := int64(s.MaxBinds)
+	if max <= 0 {
+		max = defaultMaxBinds
+	}
+	if s.binds.Add(1) > max {
+		s.binds.Add(-1)
+		n := s.bindsRefused.Add(1)
+		s.mu.Lock()
+		warn := time.Since(s.lastBindMax) >= 10*time.Second
+		if warn {
+			s.lastBindMax = time.Now()
+		}
+		s.mu.Unlock()
+		if warn {
+			s.Log.Warn("too many BINDs and UDP associations: refusing "+what+" (raise --max-binds?)", "max_binds", max, "refused_total", n)
+		}
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { s.binds.Add(-1) }) }, true
+}
+
+// BindsRefused counts the BIND and UDP ASSOCIATE requests refused for
+// want of a slot (MaxBinds).
+func (s *Server) BindsRefused() int64 { return s.bindsRefused.Load() }

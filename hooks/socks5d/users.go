@@ -3,42 +3,55 @@ package socks5d
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/term"
 )
 
 // Users is a loaded users file: one `user:bcrypt-hash[:profile]` a line,
-// # comments and blank lines allowed.
+// # comments and blank lines allowed. A reload makes a new Users, so what
+// it remembers (the cache below) goes with the file it was loaded from.
 type Users struct {
 	Path    string
 	entries map[string]userEntry
 
 	// bcrypt costs tens of milliseconds of CPU by design; a client that
-	// opens a connection per request (proxychains does) would pay it every
-	// time. The last password that passed bcrypt is remembered per user as
-	// a keyed SHA-256, so the next login with the same password is cheap,
-	// and the key never leaves the process.
+	// opens a connection per request (proxychains does, browsers open
+	// several at once) would pay it every time. The last password that
+	// passed bcrypt is remembered per user for cacheTTL as an HMAC-SHA256
+	// of user and password under a key made at load that never leaves
+	// the process; the password itself is never kept. Identical checks
+	// that overlap share one bcrypt (flights).
 	cacheKey [32]byte
-	cacheMu  sync.Mutex
-	cache    map[string][32]byte
+	mu       sync.Mutex
+	cache    map[string]cacheEntry
+	flights  map[[32]byte]*flight
 
 	// dummy keeps the time of a login with an unknown user close to that
 	// of a known user with a wrong password, so that timing does not tell
 	// which users exist; it has the cost of the file's hashes. It is made
 	// on first use, not at every start.
 	dummy func() []byte
+
+	now     func() time.Time // the clock (tests move it)
+	bcrypts atomic.Int64     // bcrypt comparisons made, for tests
 }
 
 type userEntry struct {
@@ -47,19 +60,52 @@ type userEntry struct {
 	line    int
 }
 
+// cacheTTL is how long a verified password spares bcrypt.
+const cacheTTL = 10 * time.Minute
+
+type cacheEntry struct {
+	sum   [32]byte
+	until time.Time
+}
+
+// flight is one bcrypt check that identical logins arriving meanwhile wait
+// for instead of running their own.
+type flight struct {
+	done  chan struct{}
+	entry userEntry
+	res   loginResult
+}
+
 var profileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // hashCost is the bcrypt cost adduser uses (tests lower it: the race
 // detector makes bcrypt slow).
 var hashCost = bcrypt.DefaultCost
 
-// LoadUsers reads and checks a users file; errors name FILE:LINE.
+// LoadUsers reads and checks a users file; errors name FILE:LINE. A file
+// that other users may read (or write) gets a warning in the log, at
+// start and at every reload: the hashes in it are open to offline
+// guessing.
 func LoadUsers(path string) (*Users, error) {
-	data, err := os.ReadFile(path)
+	return loadUsers(path, slog.Default())
+}
+
+func loadUsers(path string, log *slog.Logger) (*Users, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("users file %s: %v", path, unwrapPath(err))
 	}
-	u := &Users{Path: path, entries: map[string]userEntry{}, cache: map[string][32]byte{}}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("users file %s: %v", path, unwrapPath(err))
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("users file %s: %v", path, unwrapPath(err))
+	}
+	warnFileMode(log, path, st.Mode())
+	u := &Users{Path: path, entries: map[string]userEntry{}, cache: map[string]cacheEntry{}, flights: map[[32]byte]*flight{}, now: time.Now}
 	if _, err := rand.Read(u.cacheKey[:]); err != nil {
 		return nil, err
 	}
@@ -99,6 +145,21 @@ func LoadUsers(path string) (*Users, error) {
 	return u, nil
 }
 
+// warnFileMode logs a warning when a users file is open to other users.
+func warnFileMode(log *slog.Logger, path string, mode os.FileMode) {
+	var why string
+	switch perm := mode.Perm(); {
+	case perm&0o044 != 0:
+		why = "readable by other users, who could guess its passwords offline"
+	case perm&0o022 != 0:
+		why = "writable by other users, who could add themselves"
+	default:
+		return
+	}
+	log.Warn(fmt.Sprintf("users file %s is %s: chmod 600 %s", path, why, path),
+		"file", path, "mode", fmt.Sprintf("%04o", mode.Perm()))
+}
+
 func parseUserLine(line string) (string, userEntry, error) {
 	parts := strings.Split(line, ":")
 	if len(parts) < 2 || len(parts) > 3 {
@@ -135,37 +196,366 @@ func checkUserName(user string) error {
 }
 
 // Check verifies a password; it returns the user's entry when it matches.
+// It has no bound on its work: the server logs clients in with login.
 func (u *Users) Check(user, pass string) (userEntry, bool) {
+	sum := u.keyedSum(user, pass)
+	if e, ok := u.cached(user, sum); ok {
+		return e, true
+	}
+	e, ok := u.bcrypt(user, pass)
+	if ok {
+		u.remember(user, sum)
+	}
+	return e, ok
+}
+
+// bcrypt is the costly check itself.
+func (u *Users) bcrypt(user, pass string) (userEntry, bool) {
+	u.bcrypts.Add(1)
 	e, ok := u.entries[user]
 	if !ok {
 		bcrypt.CompareHashAndPassword(u.dummy(), []byte(pass))
 		return userEntry{}, false
 	}
-	sum := u.keyedSum(user, pass)
-	u.cacheMu.Lock()
-	cached, hit := u.cache[user]
-	u.cacheMu.Unlock()
-	if hit && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
-		return e, true
-	}
 	if bcrypt.CompareHashAndPassword(e.hash, []byte(pass)) != nil {
 		return userEntry{}, false
 	}
-	u.cacheMu.Lock()
-	u.cache[user] = sum
-	u.cacheMu.Unlock()
 	return e, true
 }
 
+// cached reports whether user's password, as sum, passed bcrypt lately.
+func (u *Users) cached(user string, sum [32]byte) (userEntry, bool) {
+	u.mu.Lock()
+	c, hit := u.cache[user]
+	if hit && !u.now().Before(c.until) {
+		delete(u.cache, user)
+		hit = false
+	}
+	u.mu.Unlock()
+	if !hit || subtle.ConstantTimeCompare(c.sum[:], sum[:]) != 1 {
+		return userEntry{}, false
+	}
+	return u.entries[user], true
+}
+
+// remember caches a password that passed bcrypt: one entry per user of
+// the file, so the cache is as big as the file at most.
+func (u *Users) remember(user string, sum [32]byte) {
+	u.mu.Lock()
+	u.cache[user] = cacheEntry{sum: sum, until: u.now().Add(cacheTTL)}
+	u.mu.Unlock()
+}
+
 func (u *Users) keyedSum(user, pass string) [32]byte {
-	h := sha256.New()
-	h.Write(u.cacheKey[:])
-	h.Write([]byte(user))
-	h.Write([]byte{0})
-	h.Write([]byte(pass))
+	m := hmac.New(sha256.New, u.cacheKey[:])
+	m.Write([]byte(user))
+	m.Write([]byte{0})
+	m.Write([]byte(pass))
 	var s [32]byte
-	h.Sum(s[:0])
+	m.Sum(s[:0])
 	return s
+}
+
+// What a login came to.
+type loginResult uint8
+
+const (
+	loginOK      loginResult = iota
+	loginWrong               // bcrypt said no (or no such user)
+	loginBackoff             // the source failed too often lately: refused before any bcrypt
+	loginBusy                // every check slot and queue place taken: refused at once
+)
+
+// login checks a client's password within the bounds of g, the server's
+// login guard. In order: a password verified lately costs an HMAC; a
+// source that failed too often lately waits out its backoff with pause
+// (when that ends before deadline, and pause says the client is still
+// there; else it is refused at once); a check identical to one under way
+// waits for its result; any other takes a slot of g's pool, or a place
+// in its short queue, or is refused at once. A failed bcrypt counts
+// against the source. retry is how long the source is still held off,
+// for the log. A nil pause refuses a source in backoff at once.
+func (u *Users) login(g *loginGuard, src netip.Addr, user, pass string, deadline time.Time, pause func(time.Duration) bool) (e userEntry, res loginResult, retry time.Duration) {
+	g.setup()
+	sum := u.keyedSum(user, pass)
+	if e, ok := u.cached(user, sum); ok {
+		// No backoff for a right password: a client behind the same
+		// address as an attacker keeps working.
+		return e, loginOK, 0
+	}
+	key := sourceKey(src)
+	wait, failed := g.backoff.delay(key, u.now())
+	if wait > 0 {
+		// A tarpit: the client waits, which costs a goroutine and no
+		// CPU, and a flood from one source slows to its pace. Leave
+		// time to answer before the client's deadline.
+		if pause == nil || wait > time.Until(deadline)-100*time.Millisecond || !pause(wait) {
+			return userEntry{}, loginBackoff, wait
+		}
+	}
+
+	u.mu.Lock()
+	if f := u.flights[sum]; f != nil {
+		u.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-f.done:
+			return f.entry, f.res, 0
+		case <-t.C:
+			return userEntry{}, loginBusy, 0
+		}
+	}
+	f := &flight{done: make(chan struct{}), res: loginBusy}
+	u.flights[sum] = f
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		delete(u.flights, sum)
+		u.mu.Unlock()
+		close(f.done)
+	}()
+
+	// No source may hold more than half the slots and queue places, so
+	// that a flood from one address leaves room for everyone else from
+	// its first moment; one that failed lately gets only PerSource. Half
+	// is for the office behind one address whose users log in at once.
+	share := max(g.PerSource, (g.Workers+g.Queue)/2)
+	if failed {
+		share = g.PerSource
+	}
+	if !g.pool.acquire(key, share, deadline) {
+		return userEntry{}, loginBusy, 0
+	}
+	e, ok := u.bcrypt(user, pass)
+	g.pool.release(key)
+	if !ok {
+		f.res = loginWrong
+		return userEntry{}, loginWrong, g.backoff.failed(key, u.now())
+	}
+	u.remember(user, sum)
+	f.entry, f.res = e, loginOK
+	return e, loginOK, 0
+}
+
+// sourceKey is whom a login is counted against: the client's address, or
+// its /64 for IPv6, which one host usually has whole. Clients without an
+// address (a Unix socket from systemd) share the zero key.
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// loginGuard bounds the work password checks make a server do, whatever
+// the clients send: a pool of a few bcrypt checks at a time with a short
+// queue, and a backoff per source after failures. The zero value is ready
+// with the defaults; a server keeps one across reloads of its users file.
+type loginGuard struct {
+	// Workers is how many bcrypt checks run at once: by default half
+	// the CPUs Go uses (at least one), so that a flood of logins leaves
+	// the rest to the flows.
+	Workers int
+	// Queue is how many checks may wait for a worker (default 8 per
+	// worker: well under a second of work at bcrypt's default cost); a
+	// login beyond it is refused at once.
+	Queue int
+	// PerSource is how many of the running and waiting checks one source
+	// with recent failures may hold (default a quarter of workers plus
+	// queue, at least 1); any other source may hold half.
+	PerSource int
+	// Free failures a source has before backoff; then it waits BackoffBase,
+	// doubling with each further failure up to BackoffMax. A source is
+	// forgotten Forget after its last failure; at most MaxSources are
+	// remembered.
+	Free                    int
+	BackoffBase, BackoffMax time.Duration
+	Forget                  time.Duration
+	MaxSources              int
+
+	once    sync.Once
+	pool    checkPool
+	backoff sourceBackoff
+}
+
+func (g *loginGuard) setup() {
+	g.once.Do(func() {
+		if g.Workers <= 0 {
+			g.Workers = max(1, runtime.GOMAXPROCS(0)/2)
+		}
+		if g.Queue <= 0 {
+			g.Queue = 8 * g.Workers
+		}
+		if g.PerSource <= 0 {
+			g.PerSource = max(1, (g.Workers+g.Queue)/4)
+		}
+		if g.Free <= 0 {
+			g.Free = 3
+		}
+		if g.BackoffBase <= 0 {
+			g.BackoffBase = time.Second
+		}
+		if g.BackoffMax <= 0 {
+			g.BackoffMax = time.Minute
+		}
+		if g.Forget <= 0 {
+			g.Forget = 10 * time.Minute
+		}
+		if g.MaxSources <= 0 {
+			g.MaxSources = 10000
+		}
+		g.pool = checkPool{sem: make(chan struct{}, g.Workers), queue: g.Queue, bySource: map[netip.Addr]int{}}
+		g.backoff = sourceBackoff{free: g.Free, base: g.BackoffBase, max: g.BackoffMax, forget: g.Forget, size: g.MaxSources, m: map[netip.Addr]*failures{}}
+	})
+}
+
+// checkPool is a counting semaphore of bcrypt slots with a bounded number
+// of waiters, FIFO (a channel's senders are woken in order).
+type checkPool struct {
+	sem   chan struct{}
+	queue int
+
+	mu       sync.Mutex
+	queued   int
+	bySource map[netip.Addr]int // slots and queue places held
+}
+
+// acquire takes a slot for src, waiting in the queue until deadline if
+// there is a place; false: refused (queue full, src holds share slots and
+// places already, or the deadline passed).
+func (p *checkPool) acquire(src netip.Addr, share int, deadline time.Time) bool {
+	p.mu.Lock()
+	if p.bySource[src] >= share {
+		p.mu.Unlock()
+		return false
+	}
+	select {
+	case p.sem <- struct{}{}:
+		p.bySource[src]++
+		p.mu.Unlock()
+		return true
+	default:
+	}
+	if p.queued >= p.queue {
+		p.mu.Unlock()
+		return false
+	}
+	p.queued++
+	p.bySource[src]++
+	p.mu.Unlock()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case p.sem <- struct{}{}:
+		p.mu.Lock()
+		p.queued--
+		p.mu.Unlock()
+		return true
+	case <-t.C:
+		p.mu.Lock()
+		p.queued--
+		p.dropLocked(src)
+		p.mu.Unlock()
+		return false
+	}
+}
+
+func (p *checkPool) release(src netip.Addr) {
+	<-p.sem
+	p.mu.Lock()
+	p.dropLocked(src)
+	p.mu.Unlock()
+}
+
+func (p *checkPool) dropLocked(src netip.Addr) {
+	if n := p.bySource[src]; n > 1 {
+		p.bySource[src] = n - 1
+	} else {
+		delete(p.bySource, src)
+	}
+}
+
+// sourceBackoff remembers recent failures per source, bounded in size
+// (the oldest goes when full) and time (forget after the last failure).
+type sourceBackoff struct {
+	free      int
+	base, max time.Duration
+	forget    time.Duration
+	size      int
+	mu        sync.Mutex
+	m         map[netip.Addr]*failures
+	lastSweep time.Time
+}
+
+type failures struct {
+	n           int
+	last, until time.Time
+}
+
+// delay is how long src must still wait before its next check, and
+// whether it has failed lately at all.
+func (b *sourceBackoff) delay(src netip.Addr, now time.Time) (wait time.Duration, failed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.m[src]
+	if f == nil {
+		return 0, false
+	}
+	if now.Sub(f.last) >= b.forget {
+		delete(b.m, src)
+		return 0, false
+	}
+	if now.Before(f.until) {
+		return f.until.Sub(now), true
+	}
+	return 0, true
+}
+
+// failed counts a failure of src and returns the wait it now has.
+func (b *sourceBackoff) failed(src netip.Addr, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.lastSweep) >= time.Minute || len(b.m) >= b.size {
+		b.lastSweep = now
+		for k, f := range b.m {
+			if now.Sub(f.last) >= b.forget {
+				delete(b.m, k)
+			}
+		}
+	}
+	f := b.m[src]
+	if f != nil && now.Sub(f.last) >= b.forget {
+		f = nil
+	}
+	if f == nil {
+		if len(b.m) >= b.size {
+			// Full of recent failures: the source quiet the longest goes.
+			var oldest netip.Addr
+			var t time.Time
+			for k, f := range b.m {
+				if t.IsZero() || f.last.Before(t) {
+					oldest, t = k, f.last
+				}
+			}
+			delete(b.m, oldest)
+		}
+		f = &failures{}
+		b.m[src] = f
+	}
+	f.n++
+	f.last = now
+	if f.n <= b.free {
+		return 0
+	}
+	d := b.max
+	if shift := f.n - b.free - 1; shift < 30 {
+		d = min(b.base<<shift, b.max)
+	}
+	f.until = now.Add(d)
+	return d
 }
 
 // Profiles lists the profiles the file names, with the line of each.
@@ -224,9 +614,14 @@ func AddUser(path, user, pass, profile string) (replaced bool, err error) {
 	if !replaced {
 		out.WriteString(newLine + "\n")
 	}
+	// A new file is private to its owner (CreateTemp makes 0600, whatever
+	// the umask); an existing one keeps its mode, which may be the
+	// administrator's choice (a group for the daemon's account), with the
+	// same warning socks5d gives when it loads it.
 	mode := os.FileMode(0o600)
 	if st, err := os.Stat(path); err == nil {
 		mode = st.Mode().Perm()
+		warnFileMode(slog.Default(), path, mode)
 	}
 	// Write beside the file and rename, so that a running socks5d that
 	// reloads on SIGHUP never reads half a file.

@@ -11,10 +11,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/profiles"
@@ -43,6 +41,7 @@ func Register(c *Command) {
 		run := c.Run
 		c.Run = func(ctx context.Context, env *Env, args []string) int {
 			defer env.stopPprof()
+			raiseFileLimit(env.Log)
 			return run(ctx, env, args)
 		}
 	}
@@ -71,6 +70,9 @@ type Env struct {
 	Log            *slog.Logger
 
 	pprof *http.Server // --pprof of a daemon command, while it runs
+	// sel is the command's profile=/chain= from ParseFlags; Engine
+	// passes it on to reloads, which refuse a set that loses it.
+	sel *funnel.Selector
 }
 
 // NewEnv sets up logging on stderr in the given format ("text" or "json").
@@ -98,7 +100,11 @@ func (env *Env) Catalog() *funnel.Catalog {
 // Engine loads every profile; on error it prints the problems and the
 // caller should exit 1.
 func (env *Env) Engine() (*funnel.Engine, error) {
-	return funnel.NewEngine(env.Catalog(), env.Log)
+	e, err := funnel.NewEngine(env.Catalog(), env.Log)
+	if err == nil && env.sel != nil {
+		commandSelectors.Store(e, *env.sel)
+	}
+	return e, err
 }
 
 // Errorf prints "funtun CMD: message" on stderr and returns exit status 1
@@ -157,6 +163,7 @@ func (env *Env) ParseFlags(fs *flag.FlagSet, args []string) (sel funnel.Selector
 	if err != nil {
 		return sel, rest, false, err
 	}
+	env.sel = &sel
 	return sel, rest, false, env.startPprof(fs)
 }
 
@@ -165,29 +172,6 @@ type StringList []string
 
 func (s *StringList) String() string     { return strings.Join(*s, ",") }
 func (s *StringList) Set(v string) error { *s = append(*s, v); return nil }
-
-// ReloadOnHUP recompiles all profiles on SIGHUP until ctx ends; a failed
-// reload is logged and the old profiles stay. Each of also runs after the
-// profiles, in order, for a hook's own files (a users file that names
-// profiles must see the new ones).
-func ReloadOnHUP(ctx context.Context, e *funnel.Engine, also ...func()) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(ch)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ch:
-				e.Reload()
-				for _, f := range also {
-					f()
-				}
-			}
-		}
-	}()
-}
 
 // Launcher runs `funtun [key=value…] PROGRAM [ARGS…]`; the preload hook
 // sets it. Nil means the launcher is not built in.

@@ -40,7 +40,13 @@ func (env *Env) startPprof(fs *flag.FlagSet) error {
 	if f == nil || f.Value.String() == "" {
 		return nil
 	}
-	addr := f.Value.String()
+	return env.ServePprof(f.Value.String())
+}
+
+// ServePprof serves net/http/pprof on addr, a loopback address, until the
+// command's Run returns (or StopPprof): for the global --pprof, which the
+// launcher's funnel uses.
+func (env *Env) ServePprof(addr string) error {
 	if err := checkLoopback(addr); err != nil {
 		return err
 	}
@@ -67,6 +73,9 @@ func (env *Env) startPprof(fs *flag.FlagSet) error {
 	}
 	return nil
 }
+
+// StopPprof ends the server ServePprof started, if any.
+func (env *Env) StopPprof() { env.stopPprof() }
 
 // stopPprof ends the server startPprof started, if any; a profile being
 // taken is cut short, as the daemon it profiles has ended.
