@@ -33,12 +33,9 @@ seconds=${BENCH_SECONDS:-10}
 logins=${BENCH_LOGINS:-100}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=authflood.sh
+. "$(dirname "$0")/lib.sh"
 
-die() { echo "$me: $*" >&2; exit 2; }
-for tool in ss go timeout; do
-	command -v "$tool" >/dev/null || die "needs $tool"
-done
-num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4"; }
+need_tools ss go timeout
 num BENCH_CONNS "$conns" 1 5000
 num BENCH_SECONDS "$seconds" 1 120
 num BENCH_LOGINS "$logins" 1 2000
@@ -52,63 +49,15 @@ if (($(ulimit -n) < want_fds)); then
 	ulimit -n "$want_fds" 2>/dev/null || die "cannot raise the open-files limit to $want_fds (ulimit -n)"
 fi
 
-work=$(mktemp -d /tmp/funtun-authflood-bench.XXXXXX)
-groups=()
-cleanup() {
-	local g
-	for g in "${groups[@]}"; do
-		kill -TERM -- "-$g" 2>/dev/null || true
-	done
-	for g in "${groups[@]}"; do
-		wait "$g" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work /tmp/funtun-authflood-bench.XXXXXX
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	funtun=$FUNTUN_BIN
-	[[ -d $funtun ]] && funtun=$funtun/funtun
-else
-	funtun=$work/funtun
-	(cd "$root" && timeout 300 go build -o "$funtun" ./cmd/funtun)
-fi
+funtun_binary "$work/funtun"
+[[ -d $funtun ]] && funtun=$funtun/funtun # FUNTUN_BIN may name its directory
 authflood=$work/authflood
-(cd "$root" && timeout 300 go build -o "$authflood" ./bench/cmd/authflood)
+go_build "$authflood" ./bench/cmd/authflood
 
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
 next_port=${BENCH_PORT:-27400}
-free_port() {
-	local try
-	for ((try = 0; try < 200; try++)); do
-		port=$next_port
-		next_port=$((next_port + 1))
-		listening "$port" || return 0
-	done
-	die "no free port near $next_port"
-}
-wait_listening() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "$me: nothing listens on port $1 after 10s" >&2
-	return 1
-}
-# The server itself: timeout's only child.
-child_of() {
-	local i c
-	for ((i = 0; i < 100; i++)); do
-		c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
-		c=${c%% *}
-		[[ -n $c ]] && { echo "$c"; return 0; }
-		sleep 0.02
-	done
-	echo "$me: process $1 has no child" >&2
-	return 1
-}
+port_busy=listening # free_port: ports nobody listens on
 
 # The users file: the real user, and five who log in first during the
 # flood. adduser hashes at bcrypt's default cost, as a real file would be.
@@ -130,11 +79,10 @@ for scenario in $scenarios; do
 	free_port
 	p=$port
 	log=$work/socks5d-$scenario.log
-	timeout "$lifetime" "$funtun" socks5d --listen "127.0.0.1:$p" --users "$users" --max-conns 20000 profile=direct >"$log" 2>&1 &
-	g=$!
-	groups+=("$g")
+	start "socks5d-$scenario" "$funtun" socks5d --listen "127.0.0.1:$p" --users "$users" --max-conns 20000 profile=direct
+	g=$started
 	wait_listening "$p" || { cat "$log" >&2; exit 1; }
-	pid=$(child_of "$g")
+	pid=$(child_of "$g") # the server itself: timeout's only child
 	case $scenario in
 	one) flags=(--attack-from 127.0.0.1 --valid-from 127.0.0.1) ;;
 	many) flags=(--attack-sources "$conns" --valid-from 127.0.0.2) ;;
@@ -149,8 +97,7 @@ for scenario in $scenarios; do
 	# socks5d sums up suppressed warnings at the end of each 10s period:
 	# let the last one end before counting the log.
 	sleep 11
-	kill -TERM -- "-$g" 2>/dev/null || true
-	wait "$g" 2>/dev/null || true
+	stop_group "$g"
 	lines=$(wc -l <"$log")
 	warns=$(grep -c 'level=WARN' "$log" || true)
 	echo "  the server logged $lines lines in all, $warns of them warnings"

@@ -36,113 +36,35 @@ socat_conns=${BENCH_SOCAT_CONNS:-2000}
 socat_backlog=${BENCH_SOCAT_BACKLOG:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=forward-short.sh
+. "$(dirname "$0")/lib.sh"
 
-die() { echo "$me: $*" >&2; exit 2; }
-for tool in socat systemd-socket-activate python3 ss go; do
-	command -v "$tool" >/dev/null || die "needs $tool"
-done
+need_tools socat systemd-socket-activate python3 ss go
 proxyd=""
 for p in /lib/systemd/systemd-socket-proxyd /usr/lib/systemd/systemd-socket-proxyd; do
 	[[ -x $p ]] && { proxyd=$p; break; }
 done
 [[ -n $proxyd ]] || die "needs systemd-socket-proxyd (Debian package systemd)"
-num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4"; }
 num BENCH_ROUNDS "$rounds" 1 20
 num BENCH_CONNS "$conns" 1 200000
 num BENCH_PARALLEL "$parallel" 1 200
 num BENCH_SOCAT_CONNS "$socat_conns" 1 200000
 [[ -z $socat_backlog ]] || num BENCH_SOCAT_BACKLOG "$socat_backlog" 1 65535
 
-work=$(mktemp -d /tmp/funtun-forward-short.XXXXXX)
-groups=()
-cleanup() {
-	local g
-	# Every helper runs under timeout(1), which leads a process group of
-	# its own: killing the group reaches socat's forked children too.
-	for g in "${groups[@]}"; do
-		kill -TERM -- "-$g" 2>/dev/null || true
-	done
-	for g in "${groups[@]}"; do
-		wait "$g" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Every helper runs under timeout(1) in a process group of its own (start):
+# the forwarder's CPU is its group's (group_ticks), socat's per-connection
+# children included, and stopping the group stops those too.
+make_work /tmp/funtun-forward-short.XXXXXX
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	funtun=$FUNTUN_BIN
-else
-	funtun=$work/funtun
-	(cd "$root" && timeout 300 go build -o "$funtun" ./cmd/funtun)
-fi
+funtun_binary "$work/funtun"
 socksload=$work/socksload
-(cd "$root" && timeout 300 go build -o "$socksload" ./bench/cmd/socksload)
+go_build "$socksload" ./bench/cmd/socksload
 
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
-in_use() { [[ -n $(ss -tanH "sport = :$1" 2>/dev/null) ]]; }
-next_port=${BENCH_PORT:-25400}
-# free_port sets port to one no socket uses, never the same twice (not in a
-# $(…) subshell, which would lose next_port).
-free_port() {
-	local try
-	for ((try = 0; try < 200; try++)); do
-		port=$next_port
-		next_port=$((next_port + 1))
-		in_use "$port" || return 0
-	done
-	die "no free port near $next_port"
-}
-wait_listening() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "$me: nothing listens on port $1 after 10s" >&2
-	return 1
-}
+next_port=${BENCH_PORT:-25400} # free_port: ports no socket uses
 
 # The longest any helper may live: every run at its time limit, with slack.
 lifetime=$((rounds * 4 * 260 + 300))
 
-# start NAME CMD...: runs CMD under timeout(1) in its own process group;
-# sets started to the group (timeout's pid).
-start() {
-	local name=$1
-	shift
-	timeout "$lifetime" "$@" >"$work/$name.log" 2>&1 &
-	started=$!
-	groups+=("$started")
-}
-
-# CPU ticks used by a process group: its live members (all their threads)
-# and the children they reaped (socat's per-connection children).
-group_ticks() {
-	local g=$1 f stat total=0
-	for f in /proc/[0-9]*/stat; do
-		{ stat=$(<"$f"); } 2>/dev/null || continue
-		stat=${stat##*) }
-		# After ") ": pgrp is the 3rd word; utime..cstime are 12..15.
-		read -r _ _ pgrp _ _ _ _ _ _ _ _ ut st cut cst _ <<<"$stat"
-		[[ $pgrp == "$g" ]] && total=$((total + ut + st + cut + cst))
-	done
-	echo "$total"
-}
 hz=$(getconf CLK_TCK)
-
-# start_echo NAME: a socksload echo server; sets echo_port.
-start_echo() {
-	local i target
-	start "$1" "$socksload" echo --listen 127.0.0.1:0
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $work/$1.log ]] && break
-		sleep 0.05
-	done
-	target=$(head -1 "$work/$1.log")
-	[[ $target == 127.0.0.1:* ]] || die "the echo server $1 did not start"
-	echo_port=${target##*:}
-}
 
 modes=(direct funtun socat proxyd)
 declare -A port_of group_of
@@ -196,8 +118,7 @@ read -r load1 load5 _ </proc/loadavg
 header="$(nproc) CPUs, load $load1 $load5, $(uname -r), $conns connections per run (socat: $socat_conns), $parallel at a time, $rounds rounds"
 echo "$me: $header" >&2
 for ((r = 1; r <= rounds; r++)); do
-	order=("${modes[@]}")
-	for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+	rotate "$r" "${modes[@]}"
 	for mode in "${order[@]}"; do
 		echo "$me: round $r: $mode" >&2
 		before=0 after=0

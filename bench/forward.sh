@@ -25,38 +25,16 @@ cc=${BENCH_CC:-}
 nice_prefix=()
 [[ -n ${BENCH_NICE:-} ]] && nice_prefix=(nice -n "$BENCH_NICE")
 root=$(cd "$(dirname "$0")/.." && pwd)
+me=forward.sh
+. "$(dirname "$0")/lib.sh"
 
-for tool in iperf3 socat python3 ss; do
-	command -v "$tool" >/dev/null || { echo "forward.sh: needs $tool" >&2; exit 2; }
-done
-[[ $seconds =~ ^[0-9]+$ && $seconds -ge 1 && $seconds -le 120 ]] || { echo "forward.sh: BENCH_SECONDS must be 1..120" >&2; exit 2; }
-[[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 20 ]] || { echo "forward.sh: BENCH_ROUNDS must be 1..20" >&2; exit 2; }
+need_tools iperf3 socat python3 ss
+num BENCH_SECONDS "$seconds" 1 120
+num BENCH_ROUNDS "$rounds" 1 20
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	bin=$FUNTUN_BIN
-else
-	bin=$root/bin/funtun
-	(cd "$root" && timeout 300 go build -o bin/funtun ./cmd/funtun)
-fi
+funtun_binary "$root/bin/funtun"
 
-work=$(mktemp -d /tmp/funtun-bench.XXXXXX)
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
-# A port held by any socket, even in TIME-WAIT, may refuse a listener.
-in_use() { [[ -n $(ss -tanH "sport = :$1" 2>/dev/null) ]]; }
+make_work /tmp/funtun-bench.XXXXXX
 
 # Three consecutive ports no socket uses: server, funtun, socat. The default
 # lies below the usual ephemeral range so outgoing connections rarely hold it.
@@ -65,7 +43,7 @@ for ((try = 0; try < 50; try++)); do
 	if ! in_use "$port" && ! in_use $((port + 1)) && ! in_use $((port + 2)); then
 		break
 	fi
-	[[ -n ${BENCH_PORT:-} ]] && { echo "forward.sh: ports $port..$((port + 2)) are busy" >&2; exit 2; }
+	[[ -n ${BENCH_PORT:-} ]] && die "ports $port..$((port + 2)) are busy"
 	port=$((port + 3))
 done
 server_port=$port funtun_port=$((port + 1)) socat_port=$((port + 2))
@@ -76,19 +54,9 @@ nstreams=$(wc -w <<<"$streams")
 ndirs=$((reverse == 1 ? 2 : 1))
 lifetime=$((rounds * nmodes * nstreams * ndirs * (seconds + 15) + 60))
 
-wait_listening() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "forward.sh: nothing listens on port $1 after 10s" >&2
-	return 1
-}
-
 "${nice_prefix[@]}" timeout "$lifetime" iperf3 -s -B 127.0.0.1 -p "$server_port" >"$work/server.log" 2>&1 &
 pids+=($!)
-"${nice_prefix[@]}" timeout "$lifetime" "$bin" forward --listen "127.0.0.1:$funtun_port" --to "127.0.0.1:$server_port" profile=direct >"$work/funtun.log" 2>&1 &
+"${nice_prefix[@]}" timeout "$lifetime" "$funtun" forward --listen "127.0.0.1:$funtun_port" --to "127.0.0.1:$server_port" profile=direct >"$work/funtun.log" 2>&1 &
 pids+=($!)
 funtun_timeout=$!
 "${nice_prefix[@]}" timeout "$lifetime" socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$server_port" 2>"$work/socat.log" &
@@ -98,25 +66,15 @@ wait_listening "$server_port" || { cat "$work/server.log" >&2; exit 1; }
 wait_listening "$funtun_port" || { cat "$work/funtun.log" >&2; exit 1; }
 wait_listening "$socat_port" || { cat "$work/socat.log" >&2; exit 1; }
 
-# timeout(1) is the parent we know (nice execs it); the forwarder is its only child.
-child_of() {
-	local c
-	c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
-	echo "${c%% *}"
-}
-funtun_pid=$(child_of "$funtun_timeout")
-socat_pid=$(child_of "$socat_timeout")
-[[ -n $funtun_pid && -n $socat_pid ]] || { echo "forward.sh: cannot find the forwarder processes" >&2; exit 1; }
+# timeout(1) is the parent we know (nice execs it); the forwarder is its
+# only child, there already since it listens: one look each.
+funtun_pid=$(child_of "$funtun_timeout" 1 2>/dev/null) || true
+socat_pid=$(child_of "$socat_timeout" 1 2>/dev/null) || true
+[[ -n $funtun_pid && -n $socat_pid ]] || { echo "$me: cannot find the forwarder processes" >&2; exit 1; }
 
-# CPU ticks of a process, its threads, and its children already reaped: socat
-# forks one child per connection and funtun runs one goroutine pair per flow.
-cpu_ticks() {
-	local stat
-	stat=$(cat "/proc/$1/stat")
-	stat=${stat##*) }
-	# After the ") ", field 3 of stat is the 1st word; utime..cstime are 14..17.
-	awk '{print $12 + $13 + $14 + $15}' <<<"$stat"
-}
+# The forwarders' CPU: cpu_ticks counts a process's threads and its reaped
+# children: socat forks one child per connection and funtun runs one
+# goroutine pair per flow.
 hz=$(getconf CLK_TCK)
 
 results=$work/results
@@ -139,7 +97,7 @@ run() {
 		if "${nice_prefix[@]}" timeout $((seconds + 15)) iperf3 -c 127.0.0.1 -p "$p" -t "$seconds" -P "$n" "${flags[@]}" -J >"$work/run.json" 2>"$work/run.err"; then
 			break
 		fi
-		echo "forward.sh: iperf3 through $mode (-P $n $dir) failed (attempt $attempt):" >&2
+		echo "$me: iperf3 through $mode (-P $n $dir) failed (attempt $attempt):" >&2
 		cat "$work/run.err" >&2
 		python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("error", ""))' "$work/run.json" >&2 2>/dev/null || true
 		[[ $attempt == 2 ]] && exit 1
@@ -167,21 +125,19 @@ dirs=up
 [[ $reverse == 1 ]] && dirs="up down"
 sys_cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)
 read -r load1 load5 _ </proc/loadavg
-echo "forward.sh: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, ports $server_port/$funtun_port/$socat_port" >&2
+echo "$me: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, ports $server_port/$funtun_port/$socat_port" >&2
 header="$(nproc) CPUs, load $load1 $load5, congestion control: ${cc:-$sys_cc}${cc:+ (iperf3 -C; system: $sys_cc)}, $(uname -r)"
 for ((r = 1; r <= rounds; r++)); do
 	for n in $streams; do
 		for d in $dirs; do
-			# Rotate the order each round so no mode always runs first.
-			order=(direct funtun socat)
-			for ((k = 0; k < (r - 1) % 3; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+			rotate "$r" direct funtun socat
 			for mode in "${order[@]}"; do
 				case $mode in
 				direct) p=$server_port ;;
 				funtun) p=$funtun_port ;;
 				socat) p=$socat_port ;;
 				esac
-				echo "forward.sh: round $r: $mode -P $n $d" >&2
+				echo "$me: round $r: $mode -P $n $d" >&2
 				run "$mode" "$p" "$n" "$d" "$r"
 			done
 		done

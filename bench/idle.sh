@@ -39,9 +39,8 @@ upstream=${BENCH_UPSTREAM:-microsocks}
 settle=${BENCH_SETTLE:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=idle.sh
+. "$(dirname "$0")/lib.sh"
 
-die() { echo "$me: $*" >&2; exit 2; }
-num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4"; }
 num BENCH_FLOWS "$flows" 1 20000
 num BENCH_SETTLE "$settle" 0 60
 for c in $only; do
@@ -51,9 +50,7 @@ wants() { [[ " $only " == *" $1 "* ]]; }
 [[ $upstream == microsocks || $upstream == socks5d ]] || die "BENCH_UPSTREAM must be microsocks or socks5d"
 tools=(gcc python3 ss go)
 wants preload && [[ $upstream == microsocks ]] && tools+=(microsocks)
-for tool in "${tools[@]}"; do
-	command -v "$tool" >/dev/null || die "needs $tool"
-done
+need_tools "${tools[@]}"
 
 # Each flow costs the client one descriptor, funtun two, the echo server
 # one, and the preload case's upstream two.
@@ -64,29 +61,11 @@ want=65536
 ((want >= need)) || die "$flows flows need an open-files limit of $need, the hard limit is $hard (lower BENCH_FLOWS)"
 ulimit -n "$want" || die "cannot raise the open-files limit to $want"
 
-work=$(mktemp -d /tmp/funtun-idle-bench.XXXXXX)
-groups=()
-cleanup() {
-	local g
-	# Every helper runs under timeout(1), which leads a process group of
-	# its own: killing the group reaches the launcher's program too.
-	for g in "${groups[@]}"; do
-		kill -TERM -- "-$g" 2>/dev/null || true
-	done
-	for g in "${groups[@]}"; do
-		wait "$g" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Every helper runs under timeout(1) in a process group of its own (start):
+# stopping the group stops the launcher's program too.
+make_work /tmp/funtun-idle-bench.XXXXXX
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	funtun=$FUNTUN_BIN
-else
-	funtun=$work/funtun
-	(cd "$root" && timeout 300 go build -o "$funtun" ./cmd/funtun)
-fi
+funtun_binary "$work/funtun"
 if wants preload && [[ -z ${FUNTUN_PRELOAD:-} ]]; then
 	# The library must match the binary's control protocol: a binary built
 	# elsewhere brings the one beside it, if there is one (where the
@@ -104,86 +83,18 @@ if wants preload && [[ -z ${FUNTUN_PRELOAD:-} ]]; then
 	export FUNTUN_PRELOAD
 fi
 socksload=$work/socksload
-(cd "$root" && timeout 300 go build -o "$socksload" ./bench/cmd/socksload)
+go_build "$socksload" ./bench/cmd/socksload
 idlec=$work/idlec
 timeout 300 gcc -O2 -Wall -Wextra -o "$idlec" "$root/bench/clients/idlec.c"
 
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
-in_use() { [[ -n $(ss -tanH "sport = :$1" 2>/dev/null) ]]; }
-next_port=${BENCH_PORT:-25600}
-# free_port sets port to one no socket uses, never the same twice (not in a
-# $(…) subshell, which would lose next_port).
-free_port() {
-	local try
-	for ((try = 0; try < 200; try++)); do
-		port=$next_port
-		next_port=$((next_port + 1))
-		in_use "$port" || return 0
-	done
-	die "no free port near $next_port"
-}
-wait_listening() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "$me: nothing listens on port $1 after 10s" >&2
-	return 1
-}
+next_port=${BENCH_PORT:-25600} # free_port: ports no socket uses
 
 # The longest any helper may live: every case opening, holding and checking
 # its flows at their time limits, with slack.
 lifetime=$((3 * (180 + 240 + 120) + 300))
 
-# start NAME CMD...: runs CMD under timeout(1) in its own process group;
-# sets started to the group (timeout's pid).
-start() {
-	local name=$1
-	shift
-	timeout "$lifetime" "$@" >"$work/$name.log" 2>&1 &
-	started=$!
-	groups+=("$started")
-}
-stop_group() {
-	kill -TERM -- "-$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
-# child_of PID: the process's only (first) child, waiting for it to appear.
-child_of() {
-	local i c
-	for ((i = 0; i < 250; i++)); do
-		# Every thread's: a Go process forks from whichever thread.
-		c=$(cat /proc/"$1"/task/*/children 2>/dev/null || true)
-		c=${c%% *}
-		[[ -n $c ]] && { echo "$c"; return 0; }
-		sleep 0.02
-	done
-	echo "$me: process $1 has no child" >&2
-	return 1
-}
-# start_echo NAME: a socksload echo server; sets echo_port and echo_group.
-start_echo() {
-	local i target
-	start "$1" "$socksload" echo --listen 127.0.0.1:0
-	echo_group=$started
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $work/$1.log ]] && break
-		sleep 0.05
-	done
-	target=$(head -1 "$work/$1.log")
-	[[ $target == 127.0.0.1:* ]] || die "the echo server $1 did not start"
-	echo_port=${target##*:}
-}
-
-vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
-# fd_kinds PID: "sockets pipes other" among a process's descriptors (one
-# find(1) for all of them: a readlink per descriptor would take minutes).
-fd_kinds() {
-	find "/proc/$1/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null |
-		awk '/^socket:/ {s++; next} /^pipe:/ {p++; next} {o++} END {print s + 0, p + 0, o + 0}'
-}
+# Here child_of waits up to 5 s (250 tries) for a child to appear.
+# snapshot PID: "RSS threads sockets pipes other" of a process.
 snapshot() { echo "$(vmrss_kib "$1") $(threads "$1") $(fd_kinds "$1")"; }
 
 results=$work/results
@@ -194,24 +105,16 @@ results=$work/results
 # the funtun process once they are open (BEFORE is its snapshot from before
 # them), has the client check its flows, and records the result line.
 hold() {
-	local mode=$1 pid=$2 client=$3 log=$4 before=$5 go=${6:-} i opened after
+	local mode=$1 pid=$2 client=$3 log=$4 before=$5 go=${6:-} opened after
 	[[ -n $go ]] && touch "$go"
-	for ((i = 0; i < 1900; i++)); do
-		[[ -s $work/ready ]] && break
-		kill -0 "$client" 2>/dev/null || break
-		sleep 0.1
-	done
-	[[ -s $work/ready ]] || { cat "$log" >&2; die "$mode: the flows did not open within 190s"; }
+	wait_ready "$work/ready" "$client" 1900 || { cat "$log" >&2; die "$mode: the flows did not open within 190s"; }
 	read -r opened _ <"$work/ready"
 	# Settle: the last flows' first bytes may still be on their way.
 	sleep "$settle"
 	kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "$mode: the funtun process is gone"; }
 	after=$(snapshot "$pid")
 	kill -USR1 "$client" 2>/dev/null || { cat "$log" >&2; die "$mode: the client is gone"; }
-	for ((i = 0; i < 1200; i++)); do
-		kill -0 "$client" 2>/dev/null || break
-		sleep 0.1
-	done
+	wait_gone "$client" 1200
 	python3 - "$log" "$mode" "$flows" "$opened" "$before" "$after" >>"$results" <<'EOF'
 import json, sys
 path, mode, flows, opened, before, after = sys.argv[1:]
@@ -240,10 +143,10 @@ if wants forward; then
 	start forward "$funtun" --quiet forward --listen "127.0.0.1:$p" --to "127.0.0.1:$echo_port" profile=direct
 	fwd_group=$started
 	wait_listening "$p" || { cat "$work/forward.log" >&2; exit 1; }
-	fwd_pid=$(child_of "$fwd_group")
+	fwd_pid=$(child_of "$fwd_group" 250)
 	rm -f "$work/ready" "$work/go"
 	start idlec-forward "$idlec" -g "$work/go" -H 240 127.0.0.1 "$p" "$flows" "$work/ready"
-	client_pid=$(child_of "$started")
+	client_pid=$(child_of "$started" 250)
 	sleep 1 # a settled process, before any flow
 	echo "$me: forward: opening $flows idle flows" >&2
 	hold forward "$fwd_pid" "$client_pid" "$work/idlec-forward.log" "$(snapshot "$fwd_pid")" "$work/go"
@@ -267,8 +170,8 @@ if wants preload; then
 	start idlec-preload "$funtun" --quiet chain="socks5 server=127.0.0.1:$m" \
 		"$idlec" -g "$work/go" -H 240 127.0.0.1 "$echo_port" "$flows" "$work/ready"
 	launcher_group=$started
-	launcher_pid=$(child_of "$launcher_group")
-	client_pid=$(child_of "$launcher_pid")
+	launcher_pid=$(child_of "$launcher_group" 250)
+	client_pid=$(child_of "$launcher_pid" 250)
 	sleep 1
 	echo "$me: preload: opening $flows idle flows" >&2
 	hold preload "$launcher_pid" "$client_pid" "$work/idlec-preload.log" "$(snapshot "$launcher_pid")" "$work/go"
@@ -289,7 +192,7 @@ if wants socks5d; then
 	start socks5d "$funtun" --quiet socks5d --listen "127.0.0.1:$p" --max-conns 20000 profile=direct
 	s5_group=$started
 	wait_listening "$p" || { cat "$work/socks5d.log" >&2; exit 1; }
-	s5_pid=$(child_of "$s5_group")
+	s5_pid=$(child_of "$s5_group" 250)
 	rm -f "$work/ready"
 	# socksload opens its sessions at once: snapshot first, then start it.
 	sleep 1
@@ -297,7 +200,7 @@ if wants socks5d; then
 	echo "$me: socks5d: opening $flows idle flows" >&2
 	start socksload-idle "$socksload" idle --proxy "127.0.0.1:$p" --target "127.0.0.1:$echo_port" \
 		--sessions "$flows" --ready "$work/ready" --hold 240s
-	client_pid=$(child_of "$started")
+	client_pid=$(child_of "$started" 250)
 	hold socks5d "$s5_pid" "$client_pid" "$work/socksload-idle.log" "$before"
 	stop_group "$s5_group"
 	stop_group "$echo_group"

@@ -22,44 +22,25 @@ conns=${BENCH_CONNS:-2000}
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
+me=preload.sh
+. "$(dirname "$0")/lib.sh"
 
-for tool in cc iperf3 proxychains4 microsocks python3 ss; do
-	command -v "$tool" >/dev/null || { echo "preload.sh: needs $tool" >&2; exit 2; }
-done
-[[ $conns =~ ^[0-9]+$ && $conns -ge 1 && $conns -le 100000 ]] || { echo "preload.sh: BENCH_CONNS must be 1..100000" >&2; exit 2; }
-[[ $seconds =~ ^[0-9]+$ && $seconds -ge 1 && $seconds -le 120 ]] || { echo "preload.sh: BENCH_SECONDS must be 1..120" >&2; exit 2; }
-[[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 20 ]] || { echo "preload.sh: BENCH_ROUNDS must be 1..20" >&2; exit 2; }
+need_tools cc iperf3 proxychains4 microsocks python3 ss
+num BENCH_CONNS "$conns" 1 100000
+num BENCH_SECONDS "$seconds" 1 120
+num BENCH_ROUNDS "$rounds" 1 20
 
-work=$(mktemp -d /tmp/funtun-bench.XXXXXX)
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work /tmp/funtun-bench.XXXXXX
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	bin=$FUNTUN_BIN
-	[[ -d $bin ]] && bin=$bin/funtun
-else
-	bin=$root/bin/funtun
-	(cd "$root" && timeout 300 go build -o bin/funtun ./cmd/funtun)
-fi
+funtun_binary "$root/bin/funtun"
+[[ -d $funtun ]] && funtun=$funtun/funtun # FUNTUN_BIN may name its directory
 if [[ -z ${FUNTUN_PRELOAD:-} ]]; then
 	# The launcher looks next to its binary; build the library there.
-	(cd "$root" && cc -shared -fPIC -O2 -Wall -Wextra -o "$(dirname "$bin")/libfuntun.so" preload/*.c -ldl -lpthread)
+	(cd "$root" && cc -shared -fPIC -O2 -Wall -Wextra -o "$(dirname "$funtun")/libfuntun.so" preload/*.c -ldl -lpthread)
 fi
 client=$work/ftclient
 cc -O2 -Wall -Wextra -o "$client" "$root/preload/test/ftclient.c" -lpthread
 
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
 port=25300
 for ((try = 0; try < 50; try++)); do
 	if ! listening "$port" && ! listening $((port + 1)) && ! listening $((port + 2)); then
@@ -69,16 +50,6 @@ for ((try = 0; try < 50; try++)); do
 done
 echo_port=$port socks_port=$((port + 1)) iperf_port=$((port + 2))
 
-wait_listening() {
-	local i
-	for ((i = 0; i < 100; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "preload.sh: nothing listens on port $1 after 5s" >&2
-	return 1
-}
-
 lifetime=$((rounds * (4 * 120 + 2 * (seconds + 15)) + 60))
 timeout "$lifetime" "$client" serve "$echo_port" >"$work/echo.log" 2>&1 &
 pids+=($!)
@@ -86,22 +57,15 @@ timeout "$lifetime" microsocks -i 127.0.0.1 -p "$socks_port" >"$work/socks.log" 
 pids+=($!)
 timeout "$lifetime" iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$work/iperf.log" 2>&1 &
 pids+=($!)
-wait_listening "$echo_port"
-wait_listening "$socks_port"
-wait_listening "$iperf_port"
+wait_listening "$echo_port" 100
+wait_listening "$socks_port" 100
+wait_listening "$iperf_port" 100
 
-cat >"$work/proxychains.conf" <<EOF
-strict_chain
-quiet_mode
-tcp_read_time_out 15000
-tcp_connect_time_out 8000
-[ProxyList]
-socks5 127.0.0.1 $socks_port
-EOF
+proxychains=$(proxychains_conf "$socks_port")
 
 # A relay profile, if the binary has a piece that acts on bytes.
 relay_chain=""
-if "$bin" pieces rewrite >/dev/null 2>&1; then
+if "$funtun" pieces rewrite >/dev/null 2>&1; then
 	relay_chain="rewrite from=never-in-the-data to=x"
 fi
 
@@ -113,21 +77,21 @@ conn() {
 	local mode=$1 round=$2 out
 	case $mode in
 	unhooked) out=$(timeout 120 "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
-	funtun) out=$(timeout 120 "$bin" profile=direct "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
-	relay) out=$(timeout 120 "$bin" chain="$relay_chain" "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
-	proxychains) out=$(timeout 120 proxychains4 -q -f "$work/proxychains.conf" "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
+	funtun) out=$(timeout 120 "$funtun" profile=direct "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
+	relay) out=$(timeout 120 "$funtun" chain="$relay_chain" "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
+	proxychains) out=$(timeout 120 proxychains4 -q -f "$proxychains" "$client" echo 127.0.0.1 "$echo_port" "$conns") ;;
 	esac
 	set -- $out
-	[[ ${1:-} == ok ]] || { echo "preload.sh: $mode: $out" >&2; exit 1; }
+	[[ ${1:-} == ok ]] || { echo "$me: $mode: $out" >&2; exit 1; }
 	echo "conn $mode $round $3" >>"$results"
 }
 
 # bulk MODE ROUND: one iperf3 run; records Gbit/s.
 bulk() {
 	local mode=$1 round=$2 pre=()
-	[[ $mode == funtun ]] && pre=("$bin" profile=direct)
+	[[ $mode == funtun ]] && pre=("$funtun" profile=direct)
 	if ! timeout $((seconds + 15)) "${pre[@]}" iperf3 -c 127.0.0.1 -p "$iperf_port" -t "$seconds" -J >"$work/run.json" 2>"$work/run.err"; then
-		echo "preload.sh: iperf3 ($mode) failed:" >&2
+		echo "$me: iperf3 ($mode) failed:" >&2
 		cat "$work/run.err" "$work/run.json" >&2
 		exit 1
 	fi
@@ -141,17 +105,15 @@ EOF
 
 modes=(unhooked funtun proxychains)
 [[ -n $relay_chain ]] && modes+=(relay)
-echo "preload.sh: $conns connections per run, iperf3 ${seconds}s, $rounds rounds, $(nproc) CPUs" >&2
+echo "$me: $conns connections per run, iperf3 ${seconds}s, $rounds rounds, $(nproc) CPUs" >&2
 for ((r = 1; r <= rounds; r++)); do
-	# Rotate the order each round so no mode always runs first.
-	order=("${modes[@]}")
-	for ((k = 0; k < (r - 1) % ${#modes[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+	rotate "$r" "${modes[@]}"
 	for mode in "${order[@]}"; do
-		echo "preload.sh: round $r: $mode, $conns connections" >&2
+		echo "$me: round $r: $mode, $conns connections" >&2
 		conn "$mode" "$r"
 	done
 	for mode in unhooked funtun; do
-		echo "preload.sh: round $r: iperf3 $mode" >&2
+		echo "$me: round $r: iperf3 $mode" >&2
 		bulk "$mode" "$r"
 	done
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every benchmark in bench/: each bench/*.sh script (this one aside),
-# then the Go benchmarks of package bench. A failing benchmark does not stop
-# the others; the exit status says whether any failed.
+# Runs every benchmark in bench/: each bench/*.sh script (this one and
+# lib.sh, the scripts' helpers, aside), then the Go benchmarks of package
+# bench. A failing benchmark does not stop the others; the exit status says
+# whether any failed.
 #
 # Environment: whatever the scripts read (BENCH_SECONDS, ...; see
 # bench/README.md), and
@@ -24,7 +25,8 @@ fi
 
 for script in "$here"/*.sh; do
 	name=$(basename "$script")
-	[[ $name == run-all.sh ]] && continue
+	# This one, and lib.sh, the helpers the scripts source.
+	[[ $name == run-all.sh || $name == lib.sh ]] && continue
 	if [[ -n ${BENCH_SCRIPTS:-} ]]; then
 		wanted=0
 		for word in $BENCH_SCRIPTS; do

@@ -52,15 +52,12 @@ with_general=${BENCH_GENERAL:-1}
 with_pcshort=${BENCH_PCSHORT:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=socks5d.sh
+. "$(dirname "$0")/lib.sh"
 
-die() { echo "$me: $*" >&2; exit 2; }
-for tool in iperf3 proxychains4 microsocks python3 ss go; do
-	command -v "$tool" >/dev/null || die "needs $tool"
-done
+need_tools iperf3 proxychains4 microsocks python3 ss go
 if [[ $with_danted == 1 ]]; then
 	command -v danted >/dev/null || die "needs danted (dante-server), or BENCH_DANTED=0"
 fi
-num() { [[ $2 =~ ^[0-9]+$ && $2 -ge $3 && $2 -le $4 ]] || die "$1 must be $3..$4"; }
 num BENCH_SECONDS "$seconds" 1 120
 num BENCH_ROUNDS "$rounds" 1 20
 num BENCH_CONNS "$conns" 1 200000
@@ -87,31 +84,14 @@ if wants idle; then
 	ulimit -n 20000 2>/dev/null || die "cannot raise the open-files limit to 20000 (ulimit -n); idle sessions need it"
 fi
 
-work=$(mktemp -d /tmp/funtun-socks5d-bench.XXXXXX)
-groups=()
-cleanup() {
-	local g
-	# Every helper runs under timeout(1), which leads a process group of
-	# its own: killing the group reaches danted's forked children too.
-	for g in "${groups[@]}"; do
-		kill -TERM -- "-$g" 2>/dev/null || true
-	done
-	for g in "${groups[@]}"; do
-		wait "$g" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Every helper runs under timeout(1) in a process group of its own (start):
+# a server's CPU is its group's (group_ticks), danted's forked children
+# included, and stopping the group stops those too.
+make_work /tmp/funtun-socks5d-bench.XXXXXX
 
-if [[ -n ${FUNTUN_BIN:-} ]]; then
-	funtun=$FUNTUN_BIN
-else
-	funtun=$work/funtun
-	(cd "$root" && timeout 300 go build -o "$funtun" ./cmd/funtun)
-fi
+funtun_binary "$work/funtun"
 socksload=$work/socksload
-(cd "$root" && timeout 300 go build -o "$socksload" ./bench/cmd/socksload)
+go_build "$socksload" ./bench/cmd/socksload
 if [[ $with_floor == 1 ]]; then
 	minsocks=$work/minsocks
 	timeout 300 gcc -O2 -Wall -Wextra -o "$minsocks" "$root/bench/floor/minsocks.c"
@@ -121,57 +101,11 @@ if [[ $with_pcshort == 1 ]]; then
 	timeout 300 gcc -O2 -Wall -Wextra -o "$shortc" "$root/bench/clients/shortc.c"
 fi
 
-listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
 next_port=${BENCH_PORT:-27000}
-# free_port sets port to one nobody listens on, never the same twice (not
-# in a $(…) subshell, which would lose next_port).
-free_port() {
-	local try
-	for ((try = 0; try < 200; try++)); do
-		port=$next_port
-		next_port=$((next_port + 1))
-		listening "$port" || return 0
-	done
-	die "no free port near $next_port"
-}
-wait_listening() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		listening "$1" && return 0
-		sleep 0.05
-	done
-	echo "$me: nothing listens on port $1 after 10s" >&2
-	return 1
-}
+port_busy=listening # free_port: ports nobody listens on
 
 # The longest any helper may live: the whole run with slack.
 lifetime=$((rounds * 4 * ($(wc -w <<<"$streams") * (reverse + 1) * (seconds + 20) + 300) + 900))
-
-# start NAME CMD...: runs CMD under timeout(1) in its own process group;
-# sets started to the group (timeout's pid).
-start() {
-	local name=$1
-	shift
-	timeout "$lifetime" "$@" >"$work/$name.log" 2>&1 &
-	started=$!
-	groups+=("$started")
-}
-# The server itself: timeout's only child.
-child_of() {
-	local i c
-	for ((i = 0; i < 100; i++)); do
-		c=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
-		c=${c%% *}
-		[[ -n $c ]] && { echo "$c"; return 0; }
-		sleep 0.02
-	done
-	echo "$me: process $1 has no child" >&2
-	return 1
-}
-stop_group() {
-	kill -TERM -- "-$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
 
 # start_server MODE PORT: sets server_group and server_pid.
 start_server() {
@@ -215,36 +149,12 @@ EOF
 	esac
 	server_group=$started
 	wait_listening "$port" || { cat "$work/$mode-$port.log" >&2; exit 1; }
-	server_pid=$(child_of "$server_group")
+	server_pid=$(child_of "$server_group") # the server itself: timeout's only child
 }
 
-# CPU ticks used by a process group: live members and the children they
-# reaped (danted forks helpers; funtun, microsocks and minsocks are one
-# process).
-group_ticks() {
-	local g=$1 f stat total=0
-	for f in /proc/[0-9]*/stat; do
-		{ stat=$(<"$f"); } 2>/dev/null || continue
-		stat=${stat##*) }
-		# After ") ": pgrp is the 3rd word; utime..cstime are 12..15.
-		read -r _ _ pgrp _ _ _ _ _ _ _ _ ut st cut cst _ <<<"$stat"
-		[[ $pgrp == "$g" ]] && total=$((total + ut + st + cut + cst))
-	done
-	echo "$total"
-}
+# CPU ticks: group_ticks (danted forks helpers; funtun, microsocks and
+# minsocks are one process).
 hz=$(getconf CLK_TCK)
-
-proxychains_conf() { # PORT
-	cat >"$work/proxychains-$1.conf" <<EOF
-strict_chain
-quiet_mode
-tcp_read_time_out 15000
-tcp_connect_time_out 8000
-[ProxyList]
-socks5 127.0.0.1 $1
-EOF
-	echo "$work/proxychains-$1.conf"
-}
 
 results=$work/results
 : >"$results"
@@ -282,8 +192,7 @@ if wants tput; then
 	[[ $reverse == 1 ]] && dirs="up down"
 	echo "$me: throughput: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds" >&2
 	for ((r = 1; r <= rounds; r++)); do
-		order=(direct "${modes[@]}")
-		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+		rotate "$r" direct "${modes[@]}"
 		for n in $streams; do
 			for d in $dirs; do
 				for mode in "${order[@]}"; do
@@ -323,17 +232,6 @@ EOF
 fi
 
 # --- 2. Short connections --------------------------------------------------
-# start_echo NAME: a socksload echo server; sets echo_target to its IP:PORT.
-start_echo() {
-	local i
-	start "$1" "$socksload" echo --listen 127.0.0.1:0
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $work/$1.log ]] && break
-		sleep 0.05
-	done
-	echo_target=$(head -1 "$work/$1.log")
-	[[ -n $echo_target ]] || die "the echo server $1 did not start"
-}
 # danted_oop: how often danted's log has said so far that it ran out of
 # ephemeral ports (see the note under tables 2 and 2b).
 danted_oop() {
@@ -384,8 +282,7 @@ if wants short; then
 	[[ $with_pcshort == 1 ]] && clients+=", then shortc under proxychains4"
 	echo "$me: short connections: $conns per run, $parallel at a time, rounds: $rounds, clients: $clients" >&2
 	for ((r = 1; r <= rounds; r++)); do
-		order=("${short_modes[@]}")
-		for ((k = 0; k < (r - 1) % ${#order[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+		rotate "$r" "${short_modes[@]}"
 		for mode in "${order[@]}"; do
 			echo "$me: round $r: short connections $mode" >&2
 			before=$(group_ticks "${short_group[$mode]}")
@@ -432,27 +329,11 @@ if wants short; then
 fi
 
 # --- 3. Idle sessions ------------------------------------------------------
-vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# fd_kinds PID: "sockets pipes other" among a process's descriptors (one
-# find(1) for all of them: a readlink per descriptor takes minutes on a
-# busy machine, longer than the client holds its sessions).
-fd_kinds() {
-	find "/proc/$1/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null |
-		awk '/^socket:/ {s++; next} /^pipe:/ {p++; next} {o++} END {print s + 0, p + 0, o + 0}'
-}
-threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
 if wants idle; then
 	# danted spreads sessions over forked processes that share pages, so
 	# one process's RSS says little; the issue compares funtun and microsocks.
 	for mode in funtun microsocks; do
-		start "echo-idle-$mode" "$socksload" echo --listen 127.0.0.1:0
-		echo_group=$started
-		for ((i = 0; i < 100; i++)); do
-			[[ -s $work/echo-idle-$mode.log ]] && break
-			sleep 0.05
-		done
-		target=$(head -1 "$work/echo-idle-$mode.log")
-		[[ -n $target ]] || die "the echo server did not start"
+		start_echo "echo-idle-$mode"
 		free_port
 		p=$port
 		start_server "$mode" "$p" # a fresh process: nothing left over from earlier runs
@@ -460,25 +341,17 @@ if wants idle; then
 		rss0=$(vmrss_kib "$server_pid") fd0=$(fd_kinds "$server_pid") th0=$(threads "$server_pid")
 		echo "$me: idle sessions: $mode holds $sessions" >&2
 		rm -f "$work/ready"
-		start "idle-$mode" "$socksload" idle --proxy "127.0.0.1:$p" --target "$target" \
+		start "idle-$mode" "$socksload" idle --proxy "127.0.0.1:$p" --target "$echo_target" \
 			--sessions "$sessions" --ready "$work/ready" --hold 240s
 		idle_group=$started
 		idle_pid=$(child_of "$idle_group")
-		for ((i = 0; i < 1800; i++)); do
-			[[ -s $work/ready ]] && break
-			kill -0 "$idle_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		[[ -s $work/ready ]] || { cat "$work/idle-$mode.log" >&2; die "$mode: the sessions did not open within 180s"; }
+		wait_ready "$work/ready" "$idle_pid" 1800 || { cat "$work/idle-$mode.log" >&2; die "$mode: the sessions did not open within 180s"; }
 		read -r opened _ <"$work/ready"
 		# Settle: the last sessions' first bytes are still being relayed.
 		sleep 2
 		rss1=$(vmrss_kib "$server_pid") fd1=$(fd_kinds "$server_pid") th1=$(threads "$server_pid")
 		kill -USR1 "$idle_pid"
-		for ((i = 0; i < 600; i++)); do
-			kill -0 "$idle_pid" 2>/dev/null || break
-			sleep 0.1
-		done
+		wait_gone "$idle_pid" 600
 		wait "$idle_group" 2>/dev/null || true
 		python3 - "$work/idle-$mode.log" "$mode" "$sessions" "$opened" "$rss0" "$rss1" "$fd0" "$fd1" "$th0" "$th1" >>"$results" <<'EOF'
 import json, sys

@@ -29,38 +29,21 @@
  * socket has SO_RCVTIMEO and SO_SNDTIMEO of SOCKSEC seconds (default 10),
  * set before connect(), so a blocking connect() is bounded too.
  *
- * Build: gcc -O2 -Wall -Wextra -o idlec idlec.c
+ * Build: gcc -O2 -Wall -Wextra -o idlec idlec.c (with common.h beside it)
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
+#define PROG "idlec"
+#include "common.h"
+
 #include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
 #define PAYLOAD 16
-#define MAX_SAMPLES 8
-#define MSG_LEN 160
 
 static const char payload[PAYLOAD] = "idle-session-ok!";
 static double sock_timeout = 10;
 
-static struct {
-	long n;
-	int n_samples;
-	struct {
-		char msg[MSG_LEN];
-		long n;
-	} samples[MAX_SAMPLES];
-} errs;
+static struct errors errs;
 
 static volatile sig_atomic_t got_signal;
 
@@ -71,84 +54,12 @@ static void on_signal(int sig)
 
 static double now_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void add_error(const char *what, const char *why)
-{
-	char msg[MSG_LEN];
-	int i;
-
-	snprintf(msg, sizeof msg, "%s: %s", what, why);
-	errs.n++;
-	for (i = 0; i < errs.n_samples; i++)
-		if (strcmp(errs.samples[i].msg, msg) == 0)
-			break;
-	if (i < errs.n_samples) {
-		errs.samples[i].n++;
-	} else if (errs.n_samples < MAX_SAMPLES) {
-		snprintf(errs.samples[i].msg, MSG_LEN, "%s", msg);
-		errs.samples[i].n = 1;
-		errs.n_samples++;
-	}
-}
-
-static void sys_error(const char *what, int err)
-{
-	char buf[MSG_LEN];
-
-	add_error(what, strerror_r(err, buf, sizeof buf));
-}
-
-/* echo_once sends the payload and reads it back whole; 0 on success. */
-static int echo_once(int fd, const char *when)
-{
-	char back[PAYLOAD], what[64];
-	size_t done;
-	ssize_t n;
-
-	for (done = 0; done < PAYLOAD; done += (size_t)n) {
-		n = write(fd, payload + done, PAYLOAD - done);
-		if (n < 0 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n <= 0) {
-			snprintf(what, sizeof what, "%secho write", when);
-			sys_error(what, n < 0 ? errno : EIO);
-			return -1;
-		}
-	}
-	for (done = 0; done < PAYLOAD; done += (size_t)n) {
-		n = read(fd, back + done, PAYLOAD - done);
-		if (n < 0 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n <= 0) {
-			snprintf(what, sizeof what, "%secho read", when);
-			if (n < 0)
-				sys_error(what, errno);
-			else
-				add_error(what, "EOF");
-			return -1;
-		}
-	}
-	if (memcmp(back, payload, PAYLOAD) != 0) {
-		snprintf(what, sizeof what, "%secho", when);
-		add_error(what, "came back different");
-		return -1;
-	}
-	return 0;
+	return (double)now_ns() / 1e9;
 }
 
 /* open_one opens one flow and proves it relays; returns its fd or -1. */
 static int open_one(const struct sockaddr *sa, socklen_t len)
 {
-	struct timeval tv;
 	int fd;
 
 	fd = socket(sa->sa_family, SOCK_STREAM, 0);
@@ -156,11 +67,7 @@ static int open_one(const struct sockaddr *sa, socklen_t len)
 		sys_error("socket", errno);
 		return -1;
 	}
-	tv.tv_sec = (time_t)sock_timeout;
-	tv.tv_usec = (suseconds_t)((sock_timeout - (double)tv.tv_sec) * 1e6);
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
-		sys_error("setsockopt", errno);
+	if (set_timeouts(fd, sock_timeout) < 0) {
 		close(fd);
 		return -1;
 	}
@@ -169,25 +76,11 @@ static int open_one(const struct sockaddr *sa, socklen_t len)
 		close(fd);
 		return -1;
 	}
-	if (echo_once(fd, "") < 0) {
+	if (echo_once(fd, payload, PAYLOAD, "") < 0) {
 		close(fd);
 		return -1;
 	}
 	return fd;
-}
-
-static long number(const char *s, long lo, long hi, const char *name)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi) {
-		fprintf(stderr, "idlec: %s must be %ld..%ld\n", name, lo, hi);
-		exit(2);
-	}
-	return v;
 }
 
 static void usage(void)
@@ -196,25 +89,9 @@ static void usage(void)
 	exit(2);
 }
 
-static void json_escape(const char *s)
-{
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
-	}
-}
-
 int main(int argc, char **argv)
 {
 	struct sockaddr_storage ss;
-	struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
 	struct sigaction sa;
 	struct stat st;
 	socklen_t len;
@@ -225,6 +102,7 @@ int main(int argc, char **argv)
 	char tmp[4096];
 	FILE *f;
 
+	my_errors = &errs;
 	while ((c = getopt(argc, argv, "g:H:m:t:")) != -1) {
 		switch (c) {
 		case 'g':
@@ -250,16 +128,7 @@ int main(int argc, char **argv)
 	port = (int)number(argv[1], 1, 65535, "TARGET_PORT");
 	flows = number(argv[2], 1, 1000000, "FLOWS");
 	ready = argv[3];
-	memset(&ss, 0, sizeof ss);
-	if (inet_pton(AF_INET, argv[0], &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
-		len = sizeof *in4;
-	} else if (inet_pton(AF_INET6, argv[0], &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		len = sizeof *in6;
-	} else {
+	if (parse_addr(argv[0], port, &ss, &len) < 0) {
 		fprintf(stderr, "idlec: TARGET_IP %s is not an IP address\n", argv[0]);
 		return 2;
 	}
@@ -324,7 +193,7 @@ int main(int argc, char **argv)
 	check = got_signal == SIGUSR1;
 	if (check) {
 		for (i = 0; i < flows; i++)
-			if (fds[i] >= 0 && echo_once(fds[i], "after holding: ") == 0)
+			if (fds[i] >= 0 && echo_once(fds[i], payload, PAYLOAD, "after holding: ") == 0)
 				alive++;
 	}
 	for (i = 0; i < flows; i++)
@@ -335,15 +204,7 @@ int main(int argc, char **argv)
 	       flows, opened, errs.n, open_s, alive, held_s);
 	if (!check)
 		printf(",\"cancelled\":true");
-	if (errs.n_samples) {
-		printf(",\"error_samples\":[");
-		for (i = 0; i < errs.n_samples; i++) {
-			printf("%s\"%ldx ", i ? "," : "", errs.samples[i].n);
-			json_escape(errs.samples[i].msg);
-			printf("\"");
-		}
-		printf("]");
-	}
+	print_samples(&errs);
 	printf("}\n");
 	return 0;
 }

@@ -44,46 +44,26 @@
  * proxychains replaces the socket there (its own connect and handshake
  * are bounded by its tcp_connect_time_out and tcp_read_time_out).
  *
- * Build: gcc -O2 -Wall -Wextra -o shortc shortc.c
+ * Build: gcc -O2 -Wall -Wextra -o shortc shortc.c (with common.h beside it)
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
+#define PROG "shortc"
+#include "common.h"
+
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #define PAYLOAD 64
-#define MAX_SAMPLES 8
-#define MSG_LEN 160
 
 static struct sockaddr_storage target;
 static socklen_t target_len;
 static long conns;
 static double max_time = 180, sock_timeout = 10;
 static int64_t start_ns, stop_at_ns;
-
-/* The first few distinct error messages, with counts. */
-struct errors {
-	long n;
-	int n_samples;
-	struct {
-		char msg[MSG_LEN];
-		long n;
-	} samples[MAX_SAMPLES];
-};
 
 /* In memory shared by all workers. */
 static struct shared {
@@ -92,56 +72,12 @@ static struct shared {
 } *sh;
 static struct errors *worker_errors; /* one per worker, written by it alone */
 static int64_t *lat_ns;              /* per connection index; -1: failed or not made */
-static struct errors *my_errors;     /* this worker's */
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* sample adds n to msg's count in e, if e keeps msg or still has room. */
-static void sample(struct errors *e, const char *msg, long n)
-{
-	int i;
-
-	for (i = 0; i < e->n_samples; i++)
-		if (strcmp(e->samples[i].msg, msg) == 0)
-			break;
-	if (i < e->n_samples) {
-		e->samples[i].n += n;
-	} else if (e->n_samples < MAX_SAMPLES) {
-		snprintf(e->samples[i].msg, MSG_LEN, "%s", msg);
-		e->samples[i].n = n;
-		e->n_samples++;
-	}
-}
-
-static void add_error(const char *what, const char *why)
-{
-	char msg[MSG_LEN];
-
-	snprintf(msg, sizeof msg, "%s: %s", what, why);
-	my_errors->n++;
-	sample(my_errors, msg, 1);
-}
-
-static void sys_error(const char *what, int err)
-{
-	char buf[MSG_LEN];
-
-	add_error(what, strerror_r(err, buf, sizeof buf));
-}
+/* my_errors (common.h): this worker's, one of worker_errors. */
 
 /* one makes one connection; returns its latency, or -1 on error. */
 static int64_t one(const char *payload)
 {
-	char back[PAYLOAD];
-	struct timeval tv;
 	int64_t t0;
-	size_t done;
-	ssize_t n;
 	int fd;
 
 	fd = socket(target.ss_family, SOCK_STREAM, 0);
@@ -155,43 +91,8 @@ static int64_t one(const char *payload)
 		goto fail;
 	}
 	/* After connect: proxychains has put another socket on fd. */
-	tv.tv_sec = (time_t)sock_timeout;
-	tv.tv_usec = (suseconds_t)((sock_timeout - (double)tv.tv_sec) * 1e6);
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
-		sys_error("setsockopt", errno);
+	if (set_timeouts(fd, sock_timeout) < 0 || echo_once(fd, payload, PAYLOAD, "") < 0)
 		goto fail;
-	}
-	for (done = 0; done < PAYLOAD; done += (size_t)n) {
-		n = write(fd, payload + done, PAYLOAD - done);
-		if (n < 0 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n <= 0) {
-			sys_error("echo write", n < 0 ? errno : EIO);
-			goto fail;
-		}
-	}
-	for (done = 0; done < PAYLOAD; done += (size_t)n) {
-		n = read(fd, back + done, PAYLOAD - done);
-		if (n < 0 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n < 0) {
-			sys_error("echo read", errno);
-			goto fail;
-		}
-		if (n == 0) {
-			add_error("echo read", "EOF");
-			goto fail;
-		}
-	}
-	if (memcmp(back, payload, PAYLOAD) != 0) {
-		add_error("echo", "came back different");
-		goto fail;
-	}
 	t0 = now_ns() - t0;
 	close(fd);
 	return t0;
@@ -239,56 +140,6 @@ static double quantile(const int64_t *sorted, long n, double q)
 	long i = (long)(q * (double)(n - 1) + 0.5);
 
 	return (double)(sorted[i] / 1000) / 1000;
-}
-
-/* json_escape prints s as the inside of a JSON string. */
-static void json_escape(const char *s)
-{
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
-	}
-}
-
-static int parse_addr(const char *s, int port, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof *ss);
-	if (inet_pton(AF_INET, s, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
-		*len = sizeof *in4;
-		return 0;
-	}
-	if (inet_pton(AF_INET6, s, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		*len = sizeof *in6;
-		return 0;
-	}
-	return -1;
-}
-
-static long number(const char *s, long lo, long hi, const char *name)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi) {
-		fprintf(stderr, "shortc: %s must be %ld..%ld\n", name, lo, hi);
-		exit(2);
-	}
-	return v;
 }
 
 static void usage(void)
@@ -396,15 +247,7 @@ int main(int argc, char **argv)
 	       conns, ok + all.n, ok, all.n, seconds,
 	       seconds > 0 ? (double)ok / seconds : 0.0,
 	       ok ? quantile(ok_lat, ok, 0.50) : 0.0, ok ? quantile(ok_lat, ok, 0.99) : 0.0);
-	if (all.n_samples) {
-		printf(",\"error_samples\":[");
-		for (i = 0; i < all.n_samples; i++) {
-			printf("%s\"%ldx ", i ? "," : "", all.samples[i].n);
-			json_escape(all.samples[i].msg);
-			putchar('"');
-		}
-		putchar(']');
-	}
+	print_samples(&all);
 	if (atomic_load(&sh->timed_out))
 		printf(",\"timed_out\":true");
 	printf("}\n");

@@ -25,7 +25,7 @@ type relayHub struct {
 	ln      *net.TCPListener
 	addr    netip.AddrPort
 	mu      sync.Mutex
-	waiting map[netip.AddrPort]chan net.Conn
+	waiting map[netip.AddrPort]*waiter
 	// early holds connections accepted before their flow registered (the
 	// handshake completes inside connect(), before we know the source).
 	early map[netip.AddrPort]earlyConn
@@ -55,7 +55,7 @@ func newRelayHub(network string, ip net.IP, log *slog.Logger) (*relayHub, error)
 	h := &relayHub{
 		ln:      ln,
 		addr:    netx.AddrPortOf(ln.Addr()),
-		waiting: map[netip.AddrPort]chan net.Conn{},
+		waiting: map[netip.AddrPort]*waiter{},
 		early:   map[netip.AddrPort]earlyConn{},
 	}
 	// The hub serves as long as the process lives: no context ends it.
@@ -95,10 +95,11 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 func (h *relayHub) arrived(c net.Conn) {
 	from := netx.AddrPortOf(c.RemoteAddr())
 	h.mu.Lock()
-	if ch, ok := h.waiting[from]; ok {
+	if w, ok := h.waiting[from]; ok {
 		delete(h.waiting, from)
 		h.mu.Unlock()
-		ch <- c
+		w.timer.Stop()
+		w.then(c, nil)
 		return
 	}
 	// Not registered yet, or nobody's: keep it a while. Stale ones go.
@@ -123,33 +124,38 @@ func (h *relayHub) arrived(c net.Conn) {
 	h.mu.Unlock()
 }
 
-// take waits for the connection from the program's socket at from.
-func (h *relayHub) take(from netip.AddrPort) (net.Conn, error) {
+// waiter is a flow waiting for its program's connection.
+type waiter struct {
+	then  func(net.Conn, error)
+	timer *time.Timer
+}
+
+// expect calls then with the connection from the program's socket at
+// from once it arrives (at once if it has), or with an error after
+// relayAcceptWait. No goroutine waits meanwhile: then runs on the hub's
+// accepting goroutine or the timer's, so it must not block.
+func (h *relayHub) expect(from netip.AddrPort, then func(net.Conn, error)) {
 	from = netx.Unmap(from)
 	h.mu.Lock()
 	if e, ok := h.early[from]; ok {
 		delete(h.early, from)
 		h.mu.Unlock()
-		return e.c, nil
+		then(e.c, nil)
+		return
 	}
-	ch := make(chan net.Conn, 1)
-	h.waiting[from] = ch
-	h.mu.Unlock()
-	t := time.NewTimer(relayAcceptWait)
-	defer t.Stop()
-	select {
-	case c := <-ch:
-		return c, nil
-	case <-t.C:
+	w := &waiter{then: then}
+	h.waiting[from] = w
+	// Whoever removes the entry (arrived or this timer) calls then.
+	w.timer = time.AfterFunc(relayAcceptWait, func() {
 		h.mu.Lock()
-		delete(h.waiting, from)
-		h.mu.Unlock()
-		// It may have been handed over just now.
-		select {
-		case c := <-ch:
-			return c, nil
-		default:
+		mine := h.waiting[from] == w
+		if mine {
+			delete(h.waiting, from)
 		}
-		return nil, errors.New("the program's socket never reached the relay")
-	}
+		h.mu.Unlock()
+		if mine {
+			then(nil, errors.New("the program's socket never reached the relay"))
+		}
+	})
+	h.mu.Unlock()
 }

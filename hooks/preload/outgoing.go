@@ -43,27 +43,15 @@ func (s *Server) connect(ctx context.Context, p *peer, req request, fd int) (err
 // connectFailed logs a connect the library made itself on the plain-direct
 // fast path and that failed: the flow the funnel would have logged.
 func (s *Server) connectFailed(p *peer, req request) {
-	ap, _, ok := parseSockaddr(req.Addr)
-	if !ok {
+	f := s.libraryFlow(p, req)
+	if f == nil {
 		return
-	}
-	network := funnel.TCP
-	if req.Arg == unix.SOCK_DGRAM {
-		network = funnel.UDP
-	}
-	dest, err := s.destination(ap)
-	if err != nil {
-		return
-	}
-	f := s.newFlow(p, network, dest)
-	if pl, err := s.Engine.Resolve(s.Selector); err == nil {
-		f.Profile = pl.Name
 	}
 	errno := unix.Errno(req.Flags)
 	if errno == 0 {
 		errno = unix.EIO
 	}
-	s.Log.Debug("preload: the library reports a failed fast-path connect", "pid", p.pid, "dst", dest.String())
+	s.Log.Debug("preload: the library reports a failed fast-path connect", "pid", p.pid, "dst", f.Dest.String())
 	s.Engine.End(f, errno)
 }
 
@@ -72,9 +60,20 @@ func (s *Server) connectFailed(p *peer, req request) {
 // sees such a flow's bytes, so the line says who connected it and counts
 // nothing.
 func (s *Server) connectedFast(p *peer, req request) {
-	ap, _, ok := parseSockaddr(req.Addr)
-	if !ok || !s.Log.Enabled(context.Background(), slog.LevelInfo) {
+	if !s.Log.Enabled(context.Background(), slog.LevelInfo) {
 		return
+	}
+	if f := s.libraryFlow(p, req); f != nil {
+		s.Engine.EndUncounted(f, "flow connected by the library")
+	}
+}
+
+// libraryFlow is the flow of a connect the library reports having made
+// itself, or nil when the report makes no sense.
+func (s *Server) libraryFlow(p *peer, req request) *funnel.Flow {
+	ap, _, ok := parseSockaddr(req.Addr)
+	if !ok {
+		return nil
 	}
 	network := funnel.TCP
 	if req.Arg == unix.SOCK_DGRAM {
@@ -82,13 +81,13 @@ func (s *Server) connectedFast(p *peer, req request) {
 	}
 	dest, err := s.destination(ap)
 	if err != nil {
-		return
+		return nil
 	}
 	f := s.newFlow(p, network, dest)
 	if pl, err := s.Engine.Resolve(s.Selector); err == nil {
 		f.Profile = pl.Name
 	}
-	s.Engine.EndUncounted(f, "flow connected by the library")
+	return f
 }
 
 func (s *Server) connectVia(ctx context.Context, p *peer, req request, fd int) (unix.Errno, *funnel.Pipeline) {
@@ -198,16 +197,16 @@ func (s *Server) connectStream(ctx context.Context, f *funnel.Flow, pl *funnel.P
 		return unix.EIO
 	}
 	f.Source = net.TCPAddrFromAddrPort(from)
-	go func() {
-		app, err := hub.take(from)
+	// No goroutine waits for the program's socket to reach the hub, and
+	// Relay returns at once: two kernel sockets (a socks5 upstream after
+	// its handshake, say) relay on the engine's event loops.
+	hub.expect(from, func(app net.Conn, err error) {
 		if err != nil {
 			fail(err)
 			return
 		}
-		// Returns at once: two kernel sockets (a socks5 upstream after
-		// its handshake, say) relay on the engine's event loops.
 		r.Relay(ctx, app, conn, funnel.RelayOptions{})
-	}()
+	})
 	return errno
 }
 
