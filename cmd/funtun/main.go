@@ -2,7 +2,7 @@
 // through a chain of Puzzle Pieces chosen by a profile. Every mode is a
 // subcommand; a first word that is no subcommand starts the launcher:
 //
-//	funtun profile=6bed4 twinkle
+//	funtun profile=NAME twinkle
 package main
 
 import (
