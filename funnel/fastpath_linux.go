@@ -25,17 +25,19 @@ import (
 // loopConn is one flow served by a loop: a client being greeted, a dial in
 // progress, or a relay.
 type loopConn struct {
-	id        int32 // generation: tells a stale event from one for a reused descriptor
-	cfd, ufd  int   // client (app side) and upstream sockets; ufd is -1 until the dial
-	state     loopState
-	hs        *handshakeBuf // bytes of the handshake so far; nil once relaying
-	phase     uint8         // the hook's handshake state
-	deadline  time.Time     // of the handshake or the dial
-	remote    netip.AddrPort
-	dest      netip.AddrPort
-	lst       *loopListener   // nil for an adopted relay
-	ctx       context.Context // an adopted relay's: its end ends the flow
-	errPrefix string          // of the dialing piece's errors
+	id       int32 // generation: tells a stale event from one for a reused descriptor
+	cfd, ufd int   // client (app side) and upstream sockets; ufd is -1 until the dial
+	state    loopState
+	hs       *handshakeBuf // bytes of the handshake so far; nil once relaying
+	phase    uint8         // the hook's handshake state
+	// mark is the deadline of the handshake or the dial, and, once
+	// relaying, since when the byte total has not moved (one field: a
+	// flow is in one state at a time, and an idle flow should be small).
+	mark   time.Time
+	remote netip.AddrPort
+	dest   netip.AddrPort
+	lst    *loopListener   // nil for an adopted relay
+	ctx    context.Context // an adopted relay's: its end ends the flow
 
 	run  *Run
 	idle time.Duration
@@ -46,10 +48,8 @@ type loopConn struct {
 	masks      [2]uint32
 	registered [2]bool
 	unpaced    bool // the upstream socket left a pacing congestion control
-	// Idle accounting: the byte total at the last sweep and since when it
-	// has not moved.
-	idleMark  int64
-	idleSince time.Time
+	// idleMark is the byte total at the last sweep.
+	idleMark int64
 }
 
 type loopState uint8
@@ -68,8 +68,8 @@ const (
 // loopDir is one direction of a relay.
 type loopDir struct {
 	pipe    splicePipe
-	pending int  // bytes in pipe not yet written
-	eof     bool // the source ended and the destination was shut for writing
+	pending int32 // bytes in pipe not yet written
+	eof     bool  // the source ended and the destination was shut for writing
 }
 
 type handshakeBuf struct {
@@ -425,7 +425,7 @@ func (ev *eventLoop) accept() {
 		c := ev.newConn(fd, remote)
 		c.lst = lst
 		lst.wg.Add(1)
-		c.deadline = time.Now().Add(fl.HandshakeTimeout)
+		c.mark = time.Now().Add(fl.HandshakeTimeout)
 		if !remote.Addr().IsLoopback() {
 			// What the net package gives accepted connections: a
 			// client that vanishes behind a middlebox is noticed.
@@ -651,11 +651,10 @@ func (ev *eventLoop) dial(c *loopConn) {
 	f.Source = net.TCPAddrFromAddrPort(c.remote)
 	c.run = lst.e.Begin(f, pl)
 	c.idle = lst.fl.Idle
-	c.errPrefix = pol.ErrPrefix
 	c.state = stateDialing
-	c.deadline = time.Time{}
+	c.mark = time.Time{}
 	if pol.Timeout > 0 {
-		c.deadline = time.Now().Add(pol.Timeout)
+		c.mark = time.Now().Add(pol.Timeout)
 	}
 
 	family := unix.AF_INET6
@@ -728,7 +727,13 @@ func (ev *eventLoop) dialDone(c *loopConn) {
 
 // dialFailed answers the client as the hook says, and ends the flow.
 func (ev *eventLoop) dialFailed(c *loopConn, err error) {
-	err = dialErr(c.errPrefix, c.dest, err)
+	prefix := ""
+	if c.run != nil {
+		if pol, ok := c.run.Pipeline.KernelDial(); ok {
+			prefix = pol.ErrPrefix
+		}
+	}
+	err = dialErr(prefix, c.dest, err)
 	if hs := c.lst.fl.Handshake; hs != nil {
 		var b [32]byte
 		sysWrite(c.cfd, hs.Answer(b[:0], netip.AddrPort{}, err))
@@ -757,7 +762,7 @@ func (ev *eventLoop) connected(c *loopConn) {
 
 func (ev *eventLoop) startRelay(c *loopConn) {
 	c.state = stateRelaying
-	c.idleSince = time.Now()
+	c.mark = time.Now()
 	ev.setMask(c, false, unix.EPOLLIN)
 	ev.setMask(c, true, unix.EPOLLIN)
 }
@@ -855,7 +860,7 @@ func (ev *eventLoop) pump(c *loopConn, d int) bool {
 		sysShutdown(dst, unix.SHUT_WR)
 		return true
 	}
-	c.dirs[d].pipe, c.dirs[d].pending = p, int(n)
+	c.dirs[d].pipe, c.dirs[d].pending = p, int32(n)
 	if n >= bulkSplice && !c.unpaced {
 		// A bulk flow: only now is pacing a cost worth a system call
 		// (unpaceFD); short flows never pay it.
@@ -870,7 +875,7 @@ func (ev *eventLoop) flush(c *loopConn, d int) bool {
 	_, dst := c.ends(d)
 	dir := &c.dirs[d]
 	for dir.pending > 0 {
-		n, err := sysSplice(dir.pipe.R, dst, dir.pending, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(dir.pipe.R, dst, int(dir.pending), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err == unix.EINTR {
 			continue
 		}
@@ -881,7 +886,7 @@ func (ev *eventLoop) flush(c *loopConn, d int) bool {
 			ev.finish(c, endErr(os.NewSyscallError("splice", err)))
 			return false
 		}
-		dir.pending -= int(n)
+		dir.pending -= int32(n)
 		if d == dirUp {
 			c.run.Flow.Up.Add(n)
 		} else {
@@ -961,12 +966,12 @@ func (ev *eventLoop) sweep(now time.Time) {
 	for c := range ev.conns {
 		switch c.state {
 		case stateHandshake:
-			if now.After(c.deadline) {
+			if now.After(c.mark) {
 				c.lst.fl.Log.Debug("handshake timed out", "hook", c.lst.fl.Hook, "src", c.remote.String())
 				ev.finish(c, nil)
 			}
 		case stateDialing:
-			if !c.deadline.IsZero() && now.After(c.deadline) {
+			if !c.mark.IsZero() && now.After(c.mark) {
 				ev.dialFailed(c, os.NewSyscallError("connect", syscall.ETIMEDOUT))
 			}
 		case stateRelaying:
@@ -975,8 +980,8 @@ func (ev *eventLoop) sweep(now time.Time) {
 			}
 			total := c.run.Flow.Up.Load() + c.run.Flow.Down.Load()
 			if total != c.idleMark {
-				c.idleMark, c.idleSince = total, now
-			} else if now.Sub(c.idleSince) >= c.idle {
+				c.idleMark, c.mark = total, now
+			} else if now.Sub(c.mark) >= c.idle {
 				c.run.Flow.Log.Debug("idle timeout: closing the flow", "idle", c.idle)
 				ev.finish(c, nil)
 			}
