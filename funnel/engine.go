@@ -25,7 +25,7 @@ func NewEngine(c *Catalog, log *slog.Logger) (*Engine, error) {
 		if c.Current() == nil {
 			return nil, err
 		}
-		log.Warn("some profiles do not compile and are left out (`funtun profiles check` lists them)", "err", err)
+		log.Warn("some profiles do not compile or cannot open what they need, and are left out (`funtun profiles` lists them)", "err", err)
 	}
 	return e, nil
 }

@@ -33,8 +33,12 @@ func runPieces(ctx context.Context, env *cli.Env, args []string) int {
 		return 0
 	}
 	if len(args) == 0 {
+		width := 0
 		for _, p := range funnel.Pieces() {
-			fmt.Fprintf(env.Stdout, "%-13s %s\n", p.Name, p.Summary)
+			width = max(width, len(p.Name))
+		}
+		for _, p := range funnel.Pieces() {
+			fmt.Fprintf(env.Stdout, "%-*s  %s\n", width, p.Name, p.Summary)
 		}
 		return 0
 	}
