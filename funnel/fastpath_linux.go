@@ -81,12 +81,9 @@ var handshakeBufs = sync.Pool{New: func() any { return new(handshakeBuf) }}
 
 const bulkSplice = 32 << 10 // one splice this large makes a flow bulk
 
-// fdRef says which connection and which of its sockets a descriptor is.
-type fdRef struct {
-	c       *loopConn
-	upside  bool
-	present bool
-}
+// refs[fd] is the connection a descriptor belongs to (nil: none); which
+// of its sockets it is follows from c.ufd. One pointer per descriptor
+// number keeps the table small: it spans every descriptor of the process.
 
 // loopListener is a listening socket the loops accept on.
 type loopListener struct {
@@ -108,7 +105,7 @@ type eventLoop struct {
 	ep     int
 	wake   int // eventfd: written when cmds has work or the loop is to stop
 	lst    *loopListener
-	refs   []fdRef
+	refs   []*loopConn
 	conns  map[*loopConn]struct{}
 	nextID int32
 	// acceptPaused: out of descriptors, accepting stops until this time.
@@ -352,11 +349,11 @@ func (ev *eventLoop) dispatch(events []unix.EpollEvent) bool {
 		if fd >= len(ev.refs) {
 			continue
 		}
-		ref := ev.refs[fd]
-		if !ref.present || ref.c.id != e.Pad {
+		c := ev.refs[fd]
+		if c == nil || c.id != e.Pad {
 			continue // the descriptor was closed earlier in this batch
 		}
-		ev.handle(ref.c, ref.upside, e.Events)
+		ev.handle(c, fd == c.ufd, e.Events)
 	}
 	return false
 }
@@ -453,7 +450,7 @@ func (ev *eventLoop) newConn(cfd int, remote netip.AddrPort) *loopConn {
 	}
 	c := &loopConn{id: ev.nextID, cfd: cfd, ufd: -1, remote: remote}
 	ev.conns[c] = struct{}{}
-	ev.setRef(cfd, c, false)
+	ev.setRef(cfd, c)
 	return c
 }
 
@@ -477,14 +474,14 @@ func (ev *eventLoop) setListen(on bool) {
 	unix.EpollCtl(ev.ep, unix.EPOLL_CTL_ADD, ev.lst.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ev.lst.fd), Pad: padListener})
 }
 
-func (ev *eventLoop) setRef(fd int, c *loopConn, upside bool) {
+func (ev *eventLoop) setRef(fd int, c *loopConn) {
 	if fd >= len(ev.refs) {
 		n := max(2*len(ev.refs), fd+1, 256)
-		refs := make([]fdRef, n)
+		refs := make([]*loopConn, n)
 		copy(refs, ev.refs)
 		ev.refs = refs
 	}
-	ev.refs[fd] = fdRef{c: c, upside: upside, present: true}
+	ev.refs[fd] = c
 }
 
 // setMask tells epoll what one socket of c waits for. A socket that waits
@@ -599,7 +596,7 @@ func (ev *eventLoop) handOverConn(c *loopConn) {
 		// would go on reporting it.
 		sysEpollCtl(ev.ep, unix.EPOLL_CTL_DEL, c.cfd, nil)
 	}
-	ev.refs[c.cfd] = fdRef{}
+	ev.refs[c.cfd] = nil
 	delete(ev.conns, c)
 	fd := c.cfd
 	c.cfd = -1
@@ -667,7 +664,7 @@ func (ev *eventLoop) dial(c *loopConn) {
 		return
 	}
 	c.ufd = fd
-	ev.setRef(fd, c, true)
+	ev.setRef(fd, c)
 	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if pol.KeepAlive > 0 && (pol.KeepAliveLoopback || !c.dest.Addr().IsLoopback()) {
 		setKeepalive(fd, max(1, int(pol.KeepAlive/time.Second)))
@@ -932,7 +929,7 @@ func (ev *eventLoop) end(c *loopConn, err error) {
 	for _, fd := range []int{c.cfd, c.ufd} {
 		if fd >= 0 {
 			if fd < len(ev.refs) {
-				ev.refs[fd] = fdRef{}
+				ev.refs[fd] = nil
 			}
 			sysClose(fd)
 		}
@@ -1097,8 +1094,8 @@ func (ev *eventLoop) adopt(c *loopConn) {
 		}
 	}
 	ev.conns[c] = struct{}{}
-	ev.setRef(c.cfd, c, false)
-	ev.setRef(c.ufd, c, true)
+	ev.setRef(c.cfd, c)
+	ev.setRef(c.ufd, c)
 	if c.idle > 0 {
 		// Sweep often enough for the shortest idle limit served.
 		ev.every = max(min(ev.every, c.idle/4), 10*time.Millisecond)

@@ -26,12 +26,15 @@ const synthSize = 1 << 17
 type synthTable struct {
 	mu     sync.Mutex
 	byName map[string]uint32
-	names  []string // by index; "" when free
-	next   uint32
+	// names by index, "" when free; it grows as names come (a program
+	// that looks up a handful of names should not carry, and have the
+	// collector scan, a table for 131,072 of them).
+	names []string
+	next  uint32
 }
 
 func newSynthTable() *synthTable {
-	return &synthTable{byName: map[string]uint32{}, names: make([]string, synthSize), next: 1}
+	return &synthTable{byName: map[string]uint32{}, names: make([]string, 1, 64), next: 1}
 }
 
 // normalizeName lowercases and drops the root dot; ok is false for what no
@@ -61,10 +64,14 @@ func (t *synthTable) index(name string) uint32 {
 	if t.next >= synthSize-1 {
 		t.next = 1
 	}
-	if old := t.names[i]; old != "" {
+	if int(i) >= len(t.names) {
+		t.names = append(t.names, name) // i == len: indices come in order until the wrap
+	} else if old := t.names[i]; old != "" {
 		delete(t.byName, old)
+		t.names[i] = name
+	} else {
+		t.names[i] = name
 	}
-	t.names[i] = name
 	t.byName[name] = i
 	return i
 }
@@ -108,6 +115,9 @@ func (t *synthTable) name(a netip.Addr) (string, bool) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if int(i) >= len(t.names) {
+		return "", false
+	}
 	n := t.names[i]
 	return n, n != ""
 }
