@@ -35,7 +35,6 @@ type loopConn struct {
 	// flow is in one state at a time, and an idle flow should be small).
 	mark   time.Time
 	remote netip.AddrPort
-	dest   netip.AddrPort
 	lst    *loopListener   // nil for an adopted relay
 	ctx    context.Context // an adopted relay's: its end ends the flow
 
@@ -48,6 +47,7 @@ type loopConn struct {
 	masks      [2]uint32
 	registered [2]bool
 	unpaced    bool // the upstream socket left a pacing congestion control
+	upLoopback bool // the upstream socket's peer is on this host
 	// idleMark is the byte total at the last sweep.
 	idleMark int64
 }
@@ -429,8 +429,7 @@ func (ev *eventLoop) accept() {
 			setKeepalive(fd, 15)
 		}
 		if fl.Handshake == nil {
-			c.dest = fl.Dest
-			ev.dial(c)
+			ev.dial(c, fl.Dest)
 			continue
 		}
 		c.hs = handshakeBufs.Get().(*handshakeBuf)
@@ -576,8 +575,7 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 			}
 			return true
 		case StepDial:
-			c.dest = step.Dest
-			ev.dial(c)
+			ev.dial(c, step.Dest)
 			return true
 		case StepGeneral:
 			ev.handOverConn(c)
@@ -628,9 +626,9 @@ func (ev *eventLoop) handOver(fd int, remote netip.AddrPort, read []byte, phase 
 	go fl.General(ev.lst.ctx, Handover{Conn: nc, Remote: remote, Read: read, Phase: phase})
 }
 
-// dial starts the connection to c.dest, as the profile's KernelDialer
-// piece would make it.
-func (ev *eventLoop) dial(c *loopConn) {
+// dial starts the connection to dest, as the profile's KernelDialer piece
+// would make it.
+func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort) {
 	lst := c.lst
 	pl, err := lst.fl.Resolve()
 	var pol DialPolicy
@@ -638,24 +636,25 @@ func (ev *eventLoop) dial(c *loopConn) {
 	if err == nil {
 		pol, ok = pl.KernelDial()
 	}
-	if !ok || !c.dest.IsValid() || c.dest.Addr().IsUnspecified() || pol.Source.IsValid() && pol.Source.Is4() != c.dest.Addr().Is4() {
+	if !ok || !dest.IsValid() || dest.Addr().IsUnspecified() || pol.Source.IsValid() && pol.Source.Is4() != dest.Addr().Is4() {
 		// Reloaded into something else since the accept, or a dial the
 		// piece itself must make (and report).
 		ev.handOverConn(c)
 		return
 	}
-	f := lst.e.NewFlow(lst.fl.Hook, TCP, Addr{IP: c.dest.Addr(), Port: c.dest.Port()})
+	f := lst.e.NewFlow(lst.fl.Hook, TCP, Addr{IP: dest.Addr(), Port: dest.Port()})
 	f.Source = net.TCPAddrFromAddrPort(c.remote)
 	c.run = lst.e.Begin(f, pl)
 	c.idle = lst.fl.Idle
 	c.state = stateDialing
 	c.mark = time.Time{}
+	c.upLoopback = dest.Addr().IsLoopback()
 	if pol.Timeout > 0 {
 		c.mark = time.Now().Add(pol.Timeout)
 	}
 
 	family := unix.AF_INET6
-	if c.dest.Addr().Is4() {
+	if dest.Addr().Is4() {
 		family = unix.AF_INET
 	}
 	fd, err := sysSocket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -666,7 +665,7 @@ func (ev *eventLoop) dial(c *loopConn) {
 	c.ufd = fd
 	ev.setRef(fd, c)
 	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if pol.KeepAlive > 0 && (pol.KeepAliveLoopback || !c.dest.Addr().IsLoopback()) {
+	if pol.KeepAlive > 0 && (pol.KeepAliveLoopback || !c.upLoopback) {
 		setKeepalive(fd, max(1, int(pol.KeepAlive/time.Second)))
 	}
 	if pol.Mark != 0 {
@@ -681,12 +680,12 @@ func (ev *eventLoop) dial(c *loopConn) {
 			return
 		}
 	}
-	err = sysConnect(fd, c.dest)
+	err = sysConnect(fd, dest)
 	if err == unix.EINPROGRESS || err == unix.EINTR {
 		// On loopback the handshake is done by the time connect
 		// returns, and asking again says so (or says it was refused):
 		// no trip through epoll for the most common destination.
-		switch err = sysConnect(fd, c.dest); err {
+		switch err = sysConnect(fd, dest); err {
 		case unix.EISCONN:
 			err = nil
 		case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
@@ -730,7 +729,7 @@ func (ev *eventLoop) dialFailed(c *loopConn, err error) {
 			prefix = pol.ErrPrefix
 		}
 	}
-	err = dialErr(prefix, c.dest, err)
+	err = dialErr(prefix, c.run.Flow.Dest.AddrPort(), err)
 	if hs := c.lst.fl.Handshake; hs != nil {
 		var b [32]byte
 		sysWrite(c.cfd, hs.Answer(b[:0], netip.AddrPort{}, err))
@@ -862,7 +861,9 @@ func (ev *eventLoop) pump(c *loopConn, d int) bool {
 		// A bulk flow: only now is pacing a cost worth a system call
 		// (unpaceFD); short flows never pay it.
 		c.unpaced = true
-		unpaceFD(c.ufd, c.dest.Addr())
+		if c.upLoopback {
+			unpaceFD(c.ufd, netip.IPv6Loopback())
+		}
 	}
 	return ev.flush(c, d)
 }
@@ -1039,7 +1040,7 @@ func (e *Engine) kernelRelay(ctx context.Context, r *Run, app, network net.Conn,
 	at.Close()
 	nt.Close()
 	c := &loopConn{cfd: cfd, ufd: ufd, run: r, idle: opt.Idle, done: opt.Done,
-		remote: netx.AddrPortOf(at.RemoteAddr()), dest: netx.AddrPortOf(nt.RemoteAddr())}
+		remote: netx.AddrPortOf(at.RemoteAddr()), upLoopback: netx.AddrPortOf(nt.RemoteAddr()).Addr().IsLoopback()}
 	if ctx.Done() != nil {
 		c.ctx = ctx
 	}
