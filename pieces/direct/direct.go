@@ -34,6 +34,9 @@ type Direct struct {
 	fallback  time.Duration
 	keepalive time.Duration
 	plain     bool // built without parameters
+	// The dialers, made once: net.Dialer is safe for concurrent use, and
+	// a flow should not leave one behind as garbage.
+	tcp, tcpLocal, udp *net.Dialer
 }
 
 // New builds a direct piece from its parameters.
@@ -54,6 +57,9 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	if d.keepalive, err = p.Duration("keepalive", 15*time.Second); err != nil {
 		return nil, err
 	}
+	d.tcp, d.udp = d.dialer("tcp"), d.dialer("udp")
+	d.tcpLocal = d.dialer("tcp")
+	d.tcpLocal.KeepAlive = -1
 	return d, nil
 }
 
@@ -113,11 +119,11 @@ func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) 
 		}
 		return funnel.AnswerHandoff(ap)
 	}
-	nd := d.dialer("tcp")
+	nd := d.tcp
 	if !f.Dest.IsName() && f.Dest.IP.IsLoopback() {
 		// Nothing between here and a local server can drop an idle
 		// connection: keepalive would only cost four system calls.
-		nd.KeepAlive = -1
+		nd = d.tcpLocal
 	}
 	c, err := nd.DialContext(ctx, "tcp", f.Dest.String())
 	if err != nil {
@@ -128,7 +134,7 @@ func (d *Direct) DialStream(ctx context.Context, f *funnel.Flow, _ funnel.Next) 
 
 // DialDgram opens a connected UDP socket to the destination.
 func (d *Direct) DialDgram(ctx context.Context, f *funnel.Flow, _ funnel.Next) (funnel.DgramConn, error) {
-	c, err := d.dialer("udp").DialContext(ctx, "udp", f.Dest.String())
+	c, err := d.udp.DialContext(ctx, "udp", f.Dest.String())
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
