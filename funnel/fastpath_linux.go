@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -415,7 +416,8 @@ func (ev *eventLoop) accept() {
 			ev.handOver(fd, remote, nil, 0)
 			continue
 		}
-		if !remote.IsValid() || !lst.fastProfile() {
+		pl := lst.fastPipeline()
+		if !remote.IsValid() || pl == nil {
 			ev.handOver(fd, remote, nil, 0)
 			continue
 		}
@@ -429,7 +431,7 @@ func (ev *eventLoop) accept() {
 			setKeepalive(fd, 15)
 		}
 		if fl.Handshake == nil {
-			ev.dial(c, fl.Dest)
+			ev.dial(c, fl.Dest, pl)
 			continue
 		}
 		c.hs = handshakeBufs.Get().(*handshakeBuf)
@@ -453,14 +455,17 @@ func (ev *eventLoop) newConn(cfd int, remote netip.AddrPort) *loopConn {
 	return c
 }
 
-// fastProfile reports whether the listener's profile is one the loop dials.
-func (lst *loopListener) fastProfile() bool {
+// fastPipeline is the listener's pipeline if the loop dials its flows
+// itself, else nil.
+func (lst *loopListener) fastPipeline() *Pipeline {
 	pl, err := lst.fl.Resolve()
 	if err != nil {
-		return false
+		return nil
 	}
-	_, ok := pl.KernelDial()
-	return ok
+	if _, ok := pl.KernelDial(); !ok {
+		return nil
+	}
+	return pl
 }
 
 // setListen pauses or resumes accepting (EPOLLEXCLUSIVE entries cannot be
@@ -575,7 +580,9 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 			}
 			return true
 		case StepDial:
-			ev.dial(c, step.Dest)
+			// Resolved again: a reload may have come since the
+			// accept.
+			ev.dial(c, step.Dest, c.lst.fastPipeline())
 			return true
 		case StepGeneral:
 			ev.handOverConn(c)
@@ -626,14 +633,13 @@ func (ev *eventLoop) handOver(fd int, remote netip.AddrPort, read []byte, phase 
 	go fl.General(ev.lst.ctx, Handover{Conn: nc, Remote: remote, Read: read, Phase: phase})
 }
 
-// dial starts the connection to dest, as the profile's KernelDialer piece
-// would make it.
-func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort) {
+// dial starts the connection to dest, as pl's KernelDialer piece would
+// make it; pl nil (no longer a profile the loop dials) hands c over.
+func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort, pl *Pipeline) {
 	lst := c.lst
-	pl, err := lst.fl.Resolve()
 	var pol DialPolicy
 	ok := false
-	if err == nil {
+	if pl != nil {
 		pol, ok = pl.KernelDial()
 	}
 	if !ok || !dest.IsValid() || dest.Addr().IsUnspecified() || pol.Source.IsValid() && pol.Source.Is4() != dest.Addr().Is4() {
@@ -993,9 +999,7 @@ func (ev *eventLoop) sweep(now time.Time) {
 var relayLoops = struct {
 	once  sync.Once
 	loops []*eventLoop
-	next  uint32
-	mu    sync.Mutex
-	err   error
+	next  atomic.Uint32
 }{}
 
 func startRelayLoops() {
@@ -1004,7 +1008,8 @@ func startRelayLoops() {
 		// Sweeps once a second: idle limits of relays are minutes.
 		ev, err := newEventLoop(nil, time.Second)
 		if err != nil {
-			relayLoops.err = err
+			// Out of descriptors at the first relay: relays keep
+			// their goroutines (kernelRelay sees no loop).
 			return
 		}
 		relayLoops.loops = append(relayLoops.loops, ev)
@@ -1044,10 +1049,7 @@ func (e *Engine) kernelRelay(ctx context.Context, r *Run, app, network net.Conn,
 	if ctx.Done() != nil {
 		c.ctx = ctx
 	}
-	relayLoops.mu.Lock()
-	relayLoops.next++
-	ev := relayLoops.loops[int(relayLoops.next)%len(relayLoops.loops)]
-	relayLoops.mu.Unlock()
+	ev := relayLoops.loops[int(relayLoops.next.Add(1))%len(relayLoops.loops)]
 	ev.post(loopCmd{adopt: c}, false)
 	return true
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/netx"
+	"github.com/funtun/funtun/internal/testutil"
 )
 
 // The engine's fast path, tested on real loopback traffic. Each flow's log
@@ -63,23 +64,7 @@ func (a *attrRecorder) WithAttrs(as []slog.Attr) slog.Handler {
 	return &attrRecorder{r: a.r, attrs: append(append([]slog.Attr(nil), a.attrs...), as...)}
 }
 func (a *attrRecorder) Handle(_ context.Context, rec slog.Record) error {
-	fr := flowRec{msg: rec.Message, attrs: map[string]string{}}
-	pcs := make([]uintptr, 64)
-	frames := runtime.CallersFrames(pcs[:runtime.Callers(1, pcs)])
-	for {
-		f, more := frames.Next()
-		switch {
-		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishListened"):
-			fr.by = "listened"
-		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishAdopted"):
-			fr.by = "adopted"
-		case strings.Contains(f.Function, "funnel.(*asyncRelay)."):
-			fr.by = "goroutines"
-		}
-		if !more {
-			break
-		}
-	}
+	fr := flowRec{msg: rec.Message, attrs: map[string]string{}, by: testutil.FlowPath()}
 	for _, x := range a.attrs {
 		fr.attrs[x.Key] = x.Value.String()
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,23 +36,7 @@ func (p *pathRec) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "flow" && r.Message != "flow failed" {
 		return nil
 	}
-	by := ""
-	pcs := make([]uintptr, 64)
-	frames := runtime.CallersFrames(pcs[:runtime.Callers(1, pcs)])
-	for {
-		f, more := frames.Next()
-		switch {
-		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishListened"):
-			by = "listened"
-		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishAdopted"):
-			by = "adopted"
-		case strings.Contains(f.Function, "funnel.(*asyncRelay)."):
-			by = "goroutines"
-		}
-		if !more {
-			break
-		}
-	}
+	by := testutil.FlowPath()
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key == "src" {
 			p.mu.Lock()

@@ -119,18 +119,20 @@ func (h *recHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *recHandler) Handle(ctx context.Context, r slog.Record) error {
 	lr := logRec{msg: r.Message, attrs: map[string]string{}}
+	// The session's frames mark the general path; the engine's relay
+	// loops and goroutines carry relays that only the general path hands
+	// them, and its listener loops are the event loop.
+	switch testutil.FlowPath() {
+	case "listened":
+		lr.loop = true
+	case "adopted", "goroutines":
+		lr.general = true
+	}
 	pcs := make([]uintptr, 128)
 	frames := runtime.CallersFrames(pcs[:runtime.Callers(1, pcs)])
 	for {
 		f, more := frames.Next()
-		switch {
-		case strings.HasSuffix(f.Function, "/funnel.(*eventLoop).finishListened"):
-			lr.loop = true
-		case strings.Contains(f.Function, "/socks5d.(*session)."),
-			// The relay a session started: on goroutines, or on the
-			// engine's relay loops when both ends are kernel sockets.
-			strings.Contains(f.Function, "/funnel.(*asyncRelay)."),
-			strings.HasSuffix(f.Function, "/funnel.(*eventLoop).finishAdopted"):
+		if strings.Contains(f.Function, "/socks5d.(*session).") {
 			lr.general = true
 		}
 		if !more {

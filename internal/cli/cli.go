@@ -40,7 +40,7 @@ func Register(c *Command) {
 	if c.Daemon {
 		run := c.Run
 		c.Run = func(ctx context.Context, env *Env, args []string) int {
-			defer env.stopPprof()
+			defer env.StopPprof()
 			raiseFileLimit(env.Log)
 			return run(ctx, env, args)
 		}

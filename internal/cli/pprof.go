@@ -33,7 +33,7 @@ func checkLoopback(addr string) error {
 }
 
 // startPprof checks the --pprof value of a parsed flag set and serves
-// net/http/pprof there until stopPprof (called when the command's Run
+// net/http/pprof there until StopPprof (called when the command's Run
 // returns). A flag set without --pprof, or an empty value, does nothing.
 func (env *Env) startPprof(fs *flag.FlagSet) error {
 	f := fs.Lookup(pprofFlag)
@@ -74,12 +74,9 @@ func (env *Env) ServePprof(addr string) error {
 	return nil
 }
 
-// StopPprof ends the server ServePprof started, if any.
-func (env *Env) StopPprof() { env.stopPprof() }
-
-// stopPprof ends the server startPprof started, if any; a profile being
+// StopPprof ends the server ServePprof started, if any; a profile being
 // taken is cut short, as the daemon it profiles has ended.
-func (env *Env) stopPprof() {
+func (env *Env) StopPprof() {
 	if env.pprof == nil {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,5 +79,28 @@ func EchoOnce(t testing.TB, c net.Conn, msg string) {
 	}
 	if !bytes.Equal(got, []byte(msg)) {
 		t.Fatalf("echo gave %q, want %q", got, msg)
+	}
+}
+
+// FlowPath names the engine function on the caller's stack that is ending
+// a flow, for a log handler to record which path served it: "listened"
+// (an event loop ended a flow it accepted), "adopted" (a relay loop ended
+// a relay it took over), "goroutines" (the goroutine relay), or "".
+func FlowPath() string {
+	pcs := make([]uintptr, 128)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		switch {
+		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishListened"):
+			return "listened"
+		case strings.HasSuffix(f.Function, "funnel.(*eventLoop).finishAdopted"):
+			return "adopted"
+		case strings.Contains(f.Function, "funnel.(*asyncRelay)."):
+			return "goroutines"
+		}
+		if !more {
+			return ""
+		}
 	}
 }
