@@ -10,6 +10,7 @@ pkgs=(
   "dnsutils:dig" "nodejs:node" "python3-socks:/usr/lib/python3/dist-packages/socks.py"
   "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
   "nftables:nft" "strace:strace" "haproxy:haproxy" "iputils-ping:ping"
+  "ucspi-tcp:tcpserver" "xinetd:xinetd" "redsocks:redsocks"
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -30,11 +31,11 @@ export DEBIAN_FRONTEND=noninteractive
 # Package installs may start daemons we only want as test peers. Stop only
 # what this install started: services that were not running before, and
 # processes whose PIDs are new — never another user's danted.
-daemons=(danted tinyproxy haproxy)
+daemons=(danted tinyproxy haproxy xinetd redsocks)
 declare -A was_active before
 for svc in "${daemons[@]}"; do
   systemctl is-active --quiet "$svc" 2>/dev/null && was_active[$svc]=1
-  before[$svc]=" $(pgrep -x "$svc" | tr '\n' ' ') "
+  before[$svc]=" $(pgrep -x "$svc" | tr "\n" " " || true) "
 done
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
