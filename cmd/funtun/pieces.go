@@ -8,20 +8,8 @@ import (
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/cli"
 
-	// Every piece registers itself; importing it is all it takes to build
-	// it in.
-	_ "github.com/funtun/funtun/pieces/deny"
-	_ "github.com/funtun/funtun/pieces/direct"
-	_ "github.com/funtun/funtun/pieces/frame"
-	_ "github.com/funtun/funtun/pieces/hosts"
-	_ "github.com/funtun/funtun/pieces/httpconnect"
-	_ "github.com/funtun/funtun/pieces/pcap"
-	_ "github.com/funtun/funtun/pieces/proxyproto"
-	_ "github.com/funtun/funtun/pieces/rewrite"
-	_ "github.com/funtun/funtun/pieces/route"
-	_ "github.com/funtun/funtun/pieces/shape"
-	_ "github.com/funtun/funtun/pieces/socks5"
-	_ "github.com/funtun/funtun/pieces/tls"
+	// Every piece registers itself; pieces/all imports each one.
+	_ "github.com/funtun/funtun/pieces/all"
 )
 
 // runPieces lists the pieces, or describes one from its registration
