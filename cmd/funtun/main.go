@@ -25,6 +25,9 @@ func run(args []string) int {
 	format, level := "text", slog.LevelInfo
 	launcherArgs := false
 	pprofAddr := ""
+	// --profile=NAME and --chain=… are the specification's spelling of
+	// profile=NAME and chain='…': passed on as those words.
+	var selWords []string
 	if len(args) > 0 && args[0] == "-h" {
 		// The same help as --help and `funtun help`.
 		args = []string{"help"}
@@ -49,6 +52,10 @@ func run(args []string) int {
 			pprofAddr, args = args[1], args[2:]
 		case strings.HasPrefix(opt, "--pprof="):
 			pprofAddr, args = strings.TrimPrefix(opt, "--pprof="), args[1:]
+		case (opt == "--profile" || opt == "--chain") && len(args) > 1:
+			selWords, args = append(selWords, opt[2:]+"="+args[1]), args[2:]
+		case strings.HasPrefix(opt, "--profile="), strings.HasPrefix(opt, "--chain="):
+			selWords, args = append(selWords, opt[2:]), args[1:]
 		case opt == "--allow-unhooked", opt == "--allow-raw":
 			// A launcher option; the launcher reads it itself.
 			launcherArgs = true
@@ -78,19 +85,23 @@ func run(args []string) int {
 	}
 
 	if len(args) == 0 {
+		if len(selWords) > 0 {
+			fmt.Fprintf(env.Stderr, "funtun: name a program or a command after --%s\n", selWords[0])
+			return 2
+		}
 		usage(env)
 		return 2
 	}
 	if args[0] == "--" {
-		return launch(ctx, env, args[1:])
+		return launch(ctx, env, append(selWords, args[1:]...))
 	}
 	if launcherArgs {
-		return launch(ctx, env, args)
+		return launch(ctx, env, append(selWords, args...))
 	}
 	if c, ok := cli.Lookup(args[0]); ok {
-		return c.Run(ctx, env, args[1:])
+		return c.Run(ctx, env, append(selWords, args[1:]...))
 	}
-	return launch(ctx, env, args)
+	return launch(ctx, env, append(selWords, args...))
 }
 
 func launch(ctx context.Context, env *cli.Env, args []string) int {
@@ -118,6 +129,9 @@ Commands:
 Global options:
   --log-format text|json   log format on stderr (default text)
   --debug | --quiet        more or fewer log lines
+  --profile=NAME, --chain='…'
+                           the same as profile=NAME and chain='…' (the
+                           specification's spelling: funtun --profile=NAME -- PROGRAM)
   --pprof ADDR             serve Go's profiler on a loopback ADDR while funtun
                            runs (the launcher's funnel; daemons also take it
                            after their command's name)
