@@ -9,7 +9,7 @@ pkgs=(
   "microsocks:microsocks" "proxychains4:proxychains4" "tsocks:tsocks"
   "dnsutils:dig" "nodejs:node" "python3-socks:/usr/lib/python3/dist-packages/socks.py"
   "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
-  "nftables:nft" "strace:strace" "haproxy:haproxy" "iputils-ping:ping"
+  "nftables:nft" "iptables:iptables-nft" "strace:strace" "haproxy:haproxy" "iputils-ping:ping"
   "ucspi-tcp:tcpserver" "xinetd:xinetd" "redsocks:redsocks"
 )
 missing=()
