@@ -7,7 +7,7 @@ package forward
 import (
 	"context"
 	"errors"
-	"github.com/funtun/funtun/internal/netx"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +17,8 @@ import (
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/cli"
+	"github.com/funtun/funtun/internal/netx"
+	"github.com/funtun/funtun/internal/sdactivate"
 )
 
 const usage = `funtun forward --listen ADDR --to HOST:PORT [profile=NAME | chain='…'] [options]
@@ -31,6 +33,10 @@ Examples:
   funtun forward --listen 127.0.0.1:8080 --to example.org:443 chain='tls'
   funtun forward --listen :8443 --to 127.0.0.1:8000 --inbound chain='tls cert=c.pem key=k.pem'
   funtun forward --udp --listen 127.0.0.1:5353 --to 127.0.0.1:53 profile=direct
+  systemd-socket-activate -l 8443 --fdname=tls funtun forward --listen fd:tls --to 127.0.0.1:8000 --inbound chain='tls cert=c.pem key=k.pem'
+
+ADDR may be fd:NAME or fd:N: the sockets of that FileDescriptorName (or
+descriptor N) that systemd passed (socket activation; docs/systemd.md).
 
 SIGHUP recompiles every profile; on error the old ones stay in force.`
 
@@ -59,7 +65,7 @@ type Forwarder struct {
 func run(ctx context.Context, env *cli.Env, args []string) int {
 	c, _ := cli.Lookup("forward")
 	fs := env.FlagSet(c)
-	listen := fs.String("listen", "", "local address to accept on, e.g. 127.0.0.1:8080")
+	listen := fs.String("listen", "", "local address to accept on, e.g. 127.0.0.1:8080, or fd:NAME for a socket systemd passed")
 	to := fs.String("to", "", "destination HOST:PORT of every flow")
 	udp := fs.Bool("udp", false, "forward UDP datagrams instead of TCP connections")
 	inbound := fs.Bool("inbound", false, "accepted connections come from the network: run the profile's pieces as a server")
@@ -100,26 +106,114 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 		return env.Usagef("forward", "--inbound is for TCP only")
 	}
 	fw := &Forwarder{Engine: eng, Selector: sel, To: dest, Inbound: *inbound, Idle: *idle, Log: env.Log}
+	listeners, packets, err := openListen(*listen, *udp)
+	if err != nil {
+		return env.Errorf("forward", "%v", err)
+	}
+	warnUnused(env, listeners, packets)
 	cli.ReloadOnHUP(ctx, eng)
-	if *udp {
-		pc, err := net.ListenPacket("udp", *listen)
-		if err != nil {
-			return env.Errorf("forward", "cannot listen on udp %s: %v", *listen, unwrapSyscall(err))
-		}
+	var serve []func() error
+	for _, pc := range packets {
 		env.Log.Info("forwarding", "listen", pc.LocalAddr().String(), "net", "udp", "to", dest.String(), "profile", sel.String())
-		err = fw.ServeUDP(ctx, pc.(*net.UDPConn))
-	} else {
-		l, err2 := net.Listen("tcp", *listen)
-		if err2 != nil {
-			return env.Errorf("forward", "cannot listen on tcp %s: %v", *listen, unwrapSyscall(err2))
-		}
-		env.Log.Info("forwarding", "listen", l.Addr().String(), "net", "tcp", "to", dest.String(), "profile", sel.String(), "inbound", *inbound)
-		err = fw.ServeTCP(ctx, l)
+		serve = append(serve, func() error { return fw.ServeUDP(ctx, pc) })
+	}
+	for _, l := range listeners {
+		env.Log.Info("forwarding", "listen", l.Addr().String(), "net", l.Addr().Network(), "to", dest.String(), "profile", sel.String(), "inbound", *inbound)
+		serve = append(serve, func() error { return fw.ServeTCP(ctx, l) })
+	}
+	// Bound (or passed) and about to accept: connections from now on wait
+	// in the backlog, so the service manager may send clients.
+	if err := sdactivate.Ready(); err != nil {
+		env.Log.Warn("cannot notify the service manager", "err", err)
+	}
+	err = serveAll(ctx, serve)
+	if err := sdactivate.Stopping(); err != nil {
+		env.Log.Warn("cannot notify the service manager", "err", err)
 	}
 	if err != nil && ctx.Err() == nil {
 		return env.Errorf("forward", "%v", err)
 	}
 	return 0
+}
+
+// openListen opens --listen: an address, or fd:NAME / fd:N for the
+// sockets a service manager passed (every socket of that name: a .socket
+// unit listening on IPv4 and IPv6 names both alike).
+func openListen(listen string, udp bool) ([]net.Listener, []*net.UDPConn, error) {
+	sockets, ok, err := sdactivate.PickAll(listen)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !ok {
+		if udp {
+			pc, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				return nil, nil, fmt.Errorf("cannot listen on udp %s: %v", listen, unwrapSyscall(err))
+			}
+			return nil, []*net.UDPConn{pc.(*net.UDPConn)}, nil
+		}
+		l, err := net.Listen("tcp", listen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cannot listen on tcp %s: %v", listen, unwrapSyscall(err))
+		}
+		return []net.Listener{l}, nil, nil
+	}
+	var listeners []net.Listener
+	var packets []*net.UDPConn
+	for _, s := range sockets {
+		switch {
+		case udp && s.Packet == nil:
+			return nil, nil, fmt.Errorf("--udp --listen %s: passed %s is a stream socket; give forward --udp a ListenDatagram= socket, or drop --udp", listen, s)
+		case udp:
+			uc, isUDP := s.Packet.(*net.UDPConn)
+			if !isUDP {
+				return nil, nil, fmt.Errorf("--udp --listen %s: passed %s is not a UDP socket; forward --udp needs ListenDatagram= with an IP address and port", listen, s)
+			}
+			packets = append(packets, uc)
+		case s.Listener == nil:
+			return nil, nil, fmt.Errorf("--listen %s: passed %s is a datagram socket; use --udp for it, or give forward a ListenStream= socket", listen, s)
+		default:
+			listeners = append(listeners, s.Listener)
+		}
+	}
+	return listeners, packets, nil
+}
+
+// warnUnused names the passed sockets --listen did not choose: the
+// kernel still completes handshakes on them, and nobody would accept.
+func warnUnused(env *cli.Env, listeners []net.Listener, packets []*net.UDPConn) {
+	passed, _ := sdactivate.Take()
+	for _, s := range passed {
+		used := false
+		for _, l := range listeners {
+			used = used || l == s.Listener
+		}
+		for _, pc := range packets {
+			used = used || net.PacketConn(pc) == s.Packet
+		}
+		if !used {
+			env.Log.Warn("a socket systemd passed is not served: --listen does not name it", "socket", s.String())
+		}
+	}
+}
+
+// serveAll runs every server until ctx ends or one fails, which ends
+// them all.
+func serveAll(ctx context.Context, serve []func() error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(serve))
+	for _, s := range serve {
+		go func() { errc <- s() }()
+	}
+	var first error
+	for range serve {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
 }
 
 func unwrapSyscall(err error) error {

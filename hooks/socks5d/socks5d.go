@@ -22,6 +22,7 @@ import (
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/cli"
+	"github.com/funtun/funtun/internal/sdactivate"
 )
 
 const usage = `funtun socks5d [--listen ADDR]… [profile=NAME | chain='…'] [--users FILE] [--allow CIDR]… [--map FILE]
@@ -33,7 +34,8 @@ names stay unresolved until the profile resolves them. With --users, every
 client must log in, and a user's line may name the profile its flows take.
 With --map, requested destinations map to local services instead
 (the server-side variant). Listens on 127.0.0.1:1080 unless told otherwise,
-or on the sockets systemd passes (socket activation).
+or on the sockets systemd passes (socket activation: all of them, or
+those --listen fd:NAME names; see docs/systemd.md).
 
 adduser reads the password from the terminal (or the first line of stdin)
 and adds USER to FILE as a bcrypt hash, replacing the user's old line.
@@ -45,6 +47,7 @@ Examples:
   funtun socks5d --listen 0.0.0.0:1080 --listen [::]:1080 --users ~/.config/funtun/socks-users
   funtun socks5d --listen 192.168.1.2:1080 --allow 192.168.1.0/24 chain='socks5 server=127.0.0.1:9050'
   funtun socks5d --map services.map chain='tls cert=c.pem key=k.pem'
+  systemd-socket-activate -l 127.0.0.1:1080 --fdname=socks funtun socks5d --listen fd:socks
 
 When the profile is plain ` + "`direct`" + ` and there is no --users or --map, CONNECTs
 to addresses are served by one event loop per CPU, which costs about a
@@ -80,7 +83,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	c, _ := cli.Lookup("socks5d")
 	fs := env.FlagSet(c)
 	var listens, allows cli.StringList
-	fs.Var(&listens, "listen", "address to accept SOCKS5 clients on; repeat for more (default "+defaultListen+")")
+	fs.Var(&listens, "listen", "address to accept SOCKS5 clients on, or fd:NAME / fd:N for a socket systemd passed; repeat for more (default "+defaultListen+")")
 	fs.Var(&allows, "allow", "serve only clients from this network (CIDR or address); repeat or give a comma list")
 	usersFile := fs.String("users", "", "require username/password logins checked against this file (user:bcrypt-hash[:profile] lines)")
 	mapFile := fs.String("map", "", "server-side variant: map requested destinations to local services (PATTERN:PORT -> TARGET lines)")
@@ -147,25 +150,24 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 		srv.SetMap(m)
 	}
 
-	ls, err := systemdListeners()
+	// What the user wrote names each listener in messages; systemd's
+	// sockets go by their address.
+	ls, named, addrs, unused, err := activatedListeners(listens)
 	if err != nil {
 		return env.Errorf("socks5d", "%v", err)
 	}
+	for _, s := range unused {
+		env.Log.Warn("a socket systemd passed is not served: no --listen fd: names it", "socket", s.String())
+	}
 	if len(listens) == 0 && len(ls) == 0 {
-		listens = append(listens, defaultListen)
+		addrs = append(addrs, defaultListen)
 	}
 	closeAll := func() {
 		for _, l := range ls {
 			l.Close()
 		}
 	}
-	// What the user wrote names each listener in messages; systemd's
-	// sockets go by their address.
-	named := make([]string, len(ls))
-	for i, l := range ls {
-		named[i] = l.Addr().String()
-	}
-	for _, addr := range listens {
+	for _, addr := range addrs {
 		lc := net.ListenConfig{}
 		if loopbackAddr(addr) {
 			// Clients on this machine cannot vanish behind a
@@ -207,7 +209,16 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	env.Log.Info("socks5d serving", attrs...)
 
 	cli.ReloadOnHUP(ctx, eng, reloadFiles(env, eng.Catalog, srv, *usersFile, *mapFile))
-	if err := srv.Serve(ctx, ls...); err != nil && ctx.Err() == nil {
+	// The sockets are bound: connections from now on wait in their
+	// backlogs, so the service manager may send clients.
+	if err := sdactivate.Ready(); err != nil {
+		env.Log.Warn("cannot notify the service manager", "err", err)
+	}
+	err = srv.Serve(ctx, ls...)
+	if err := sdactivate.Stopping(); err != nil {
+		env.Log.Warn("cannot notify the service manager", "err", err)
+	}
+	if err != nil && ctx.Err() == nil {
 		return env.Errorf("socks5d", "%v", err)
 	}
 	return 0

@@ -3,56 +3,54 @@ package socks5d
 import (
 	"fmt"
 	"net"
-	"os"
-	"strconv"
-	"strings"
-	"syscall"
+
+	"github.com/funtun/funtun/internal/sdactivate"
 )
 
-// listenFDsStart is the first descriptor systemd passes (SD_LISTEN_FDS_START).
-const listenFDsStart = 3
-
-// systemdListeners takes the listening sockets systemd passed (socket
-// activation: LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES). It returns none
-// when the variables are absent or meant for another process. The
-// variables are removed so that programs started from a map's exec: do not
-// think the sockets are theirs.
-func systemdListeners() ([]net.Listener, error) {
-	pidText, fdsText := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
-	if fdsText == "" {
-		return nil, nil
+// activatedListeners splits --listen into the sockets a service manager
+// passed (fd:NAME, fd:N; see internal/sdactivate) and addresses to listen
+// on. With no fd: value, every passed socket is served besides the
+// addresses, as before names existed; with one, only the named sockets are.
+// The sockets come back with what names them in messages, and the passed
+// sockets that no fd: value chose, for a warning.
+func activatedListeners(listens []string) (ls []net.Listener, named, addrs []string, unused []*sdactivate.Socket, err error) {
+	passed, err := sdactivate.Take()
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
-	defer func() {
-		os.Unsetenv("LISTEN_PID")
-		os.Unsetenv("LISTEN_FDS")
-		os.Unsetenv("LISTEN_FDNAMES")
-	}()
-	if pid, err := strconv.Atoi(pidText); err != nil || pid != os.Getpid() {
-		return nil, nil
-	}
-	n, err := strconv.Atoi(fdsText)
-	if err != nil || n < 0 || n > 1024 {
-		return nil, fmt.Errorf("LISTEN_FDS=%q is not a descriptor count", fdsText)
-	}
-	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
-	var ls []net.Listener
-	for i := 0; i < n; i++ {
-		fd := listenFDsStart + i
-		syscall.CloseOnExec(fd)
-		name := "LISTEN_FD_" + strconv.Itoa(fd)
-		if i < len(names) && names[i] != "" {
-			name = names[i]
-		}
-		f := os.NewFile(uintptr(fd), name)
-		l, err := net.FileListener(f)
-		f.Close()
+	var picked []*sdactivate.Socket
+	anyPicked := false
+	for _, spec := range listens {
+		sockets, ok, err := sdactivate.PickAll(spec)
 		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return nil, fmt.Errorf("systemd socket %d (%s) is not a listening stream socket: %v (use ListenStream= in the .socket unit)", fd, name, err)
+			return nil, nil, nil, nil, err
 		}
-		ls = append(ls, l)
+		if !ok {
+			addrs = append(addrs, spec)
+			continue
+		}
+		anyPicked = true
+		picked = append(picked, sockets...)
 	}
-	return ls, nil
+	if !anyPicked {
+		picked = passed
+	}
+	seen := map[int]bool{}
+	for _, s := range picked {
+		if seen[s.FD] {
+			continue
+		}
+		seen[s.FD] = true
+		if s.Listener == nil {
+			return nil, nil, nil, nil, fmt.Errorf("passed %s is a datagram socket; socks5d serves SOCKS5 over streams (ListenStream= in the .socket unit), and its UDP ASSOCIATE relays open their own sockets", s)
+		}
+		ls = append(ls, s.Listener)
+		named = append(named, s.Addr().String())
+	}
+	for _, s := range passed {
+		if !seen[s.FD] {
+			unused = append(unused, s)
+		}
+	}
+	return ls, named, addrs, unused, nil
 }

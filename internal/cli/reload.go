@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/sdactivate"
 )
 
 // ReloadStep is a hook's own part of a reload: its files that name
@@ -65,18 +67,45 @@ func Reload(e *funnel.Engine, steps ...ReloadStep) error {
 }
 
 // ReloadOnHUP runs Reload on every SIGHUP until ctx ends.
+//
+// It also tells the service manager (sd_notify, when NOTIFY_SOCKET is set)
+// about both: RELOADING=1 then READY=1 around each reload — READY=1 also
+// when the reload was refused, since the old profiles still serve — and
+// STOPPING=1 once ctx ends, the daemon's shutdown. The daemon itself sends
+// the first READY=1 (sdactivate.Ready) once it serves, and calls
+// sdactivate.Stopping before it returns too, since the process may exit
+// before this goroutine runs.
 func ReloadOnHUP(ctx context.Context, e *funnel.Engine, steps ...ReloadStep) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
+	notify := func(send func() error) {
+		if err := send(); err != nil {
+			e.Log.Warn("cannot notify the service manager", "err", err)
+		}
+	}
 	go func() {
 		defer signal.Stop(ch)
 		for {
 			select {
 			case <-ctx.Done():
+				notify(sdactivate.Stopping)
 				return
 			case <-ch:
-				Reload(e, steps...)
+				notify(sdactivate.Reloading)
+				// One message, so that the status and the readiness
+				// arrive together; an empty STATUS= clears an old refusal.
+				status := ""
+				if err := Reload(e, steps...); err != nil {
+					status = "reload refused: " + oneLine(err.Error())
+				}
+				notify(func() error { return sdactivate.Notify("READY=1\nSTATUS=" + status) })
 			}
 		}
 	}()
+}
+
+// oneLine keeps a joined error to one STATUS= line, which is what
+// systemctl status shows.
+func oneLine(s string) string {
+	return strings.ReplaceAll(s, "\n", "; ")
 }
