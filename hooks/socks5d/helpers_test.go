@@ -22,6 +22,8 @@ import (
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/socks5wire"
 	"github.com/funtun/funtun/internal/testutil"
+	// The built-in profiles (6bed4) need every piece to compile.
+	_ "github.com/funtun/funtun/pieces/all"
 	_ "github.com/funtun/funtun/pieces/deny"
 	_ "github.com/funtun/funtun/pieces/direct"
 	_ "github.com/funtun/funtun/pieces/hosts"

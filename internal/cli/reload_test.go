@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/funtun/funtun/funnel"
+	// The built-in profiles (6bed4) need every piece to compile.
+	_ "github.com/funtun/funtun/pieces/all"
 	_ "github.com/funtun/funtun/pieces/direct"
 	_ "github.com/funtun/funtun/pieces/route"
 )

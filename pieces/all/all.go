@@ -9,11 +9,13 @@ import (
 	_ "github.com/funtun/funtun/pieces/frame"
 	_ "github.com/funtun/funtun/pieces/hosts"
 	_ "github.com/funtun/funtun/pieces/httpconnect"
+	_ "github.com/funtun/funtun/pieces/netstack"
 	_ "github.com/funtun/funtun/pieces/pcap"
 	_ "github.com/funtun/funtun/pieces/proxyproto"
 	_ "github.com/funtun/funtun/pieces/rewrite"
 	_ "github.com/funtun/funtun/pieces/route"
 	_ "github.com/funtun/funtun/pieces/shape"
+	_ "github.com/funtun/funtun/pieces/sixbed4"
 	_ "github.com/funtun/funtun/pieces/socks5"
 	_ "github.com/funtun/funtun/pieces/tls"
 )
