@@ -66,3 +66,94 @@ clean:
 # built-in default profile (direct).
 run: build
 	bin/funtun socks5d --listen 127.0.0.1:1080 profile=direct
+
+# ---- The C API and link-in mode (docs/c-api.md) -----------------------------
+# libfuntun-api is the hook code of libfuntun.so compiled once more with
+# preload/ft_linkin.h forced in, which names every hook __wrap_NAME, plus
+# the API (preload/api.c): linked plainly it gives funtun.h's functions;
+# linked with -Wl,--wrap=NAME for each hook (funtun-linkin.pc), the
+# program's own socket calls go through the funnel without LD_PRELOAD.
+API_CFLAGS   = -fPIC $(CFLAGS) -include preload/ft_linkin.h
+API_HEADERS  := $(wildcard preload/include/*.h)
+LINKIN_NAMES := $(shell sed -n 's/^\#define \([a-z0-9_]*\) __wrap_.*/\1/p' preload/ft_linkin.h 2>/dev/null)
+LINKIN_WRAP  := -Wl,$(shell echo $(patsubst %,--wrap=%,$(LINKIN_NAMES)) | tr ' ' ',')
+API_OBJS     := $(patsubst preload/%.c,bin/obj-api/%.o,$(wildcard preload/*.c))
+EXAMPLES_C   := bin/examples/fetch bin/examples/serve bin/examples/httpget
+
+.PHONY: api examples-c install-api
+build: api examples-c
+install: install-api
+api: bin/libfuntun-api.so bin/libfuntun-api.a bin/funtun.pc bin/funtun-linkin.pc
+examples-c: $(EXAMPLES_C)
+
+bin/obj-api/%.o: preload/%.c $(CFILES)
+	@mkdir -p bin/obj-api
+	$(CC) -c $(API_CFLAGS) -o $@ $<
+
+bin/libfuntun-api.so: $(API_OBJS)
+	$(CC) -shared -Wl,-soname,libfuntun-api.so -o $@ $(API_OBJS) -ldl -lpthread
+
+bin/libfuntun-api.a: $(API_OBJS)
+	rm -f $@
+	ar rcs $@ $(API_OBJS)
+
+# The .pc files here point at the build tree; install-api writes them
+# again for $(PREFIX).
+define funtun_pc
+prefix=$(1)
+libdir=$(2)
+includedir=$(3)
+
+Name: funtun
+Description: sockets of a named template through the Funnel Tunnel (funtun daemon)
+Version: $(VERSION)
+Libs: -L$${libdir} -lfuntun-api
+Libs.private: -ldl -lpthread
+Cflags: -I$${includedir}
+endef
+define funtun_linkin_pc
+prefix=$(1)
+libdir=$(2)
+includedir=$(3)
+
+Name: funtun-linkin
+Description: link-in mode: the program's own socket calls go through the Funnel Tunnel
+Version: $(VERSION)
+Libs: -L$${libdir} $(LINKIN_WRAP) -lfuntun-api -ldl -lpthread
+Cflags: -I$${includedir}
+endef
+export funtun_pc_build = $(call funtun_pc,$(CURDIR),$(CURDIR)/bin,$(CURDIR)/preload/include)
+export funtun_linkin_pc_build = $(call funtun_linkin_pc,$(CURDIR),$(CURDIR)/bin,$(CURDIR)/preload/include)
+export funtun_pc_install = $(call funtun_pc,$(PREFIX),$(PREFIX)/lib,$(PREFIX)/include)
+export funtun_linkin_pc_install = $(call funtun_linkin_pc,$(PREFIX),$(PREFIX)/lib,$(PREFIX)/include)
+
+bin/funtun.pc: Makefile
+	@mkdir -p bin
+	printf '%s\n' "$$funtun_pc_build" > $@
+
+bin/funtun-linkin.pc: Makefile preload/ft_linkin.h
+	@mkdir -p bin
+	printf '%s\n' "$$funtun_linkin_pc_build" > $@
+
+# The examples: fetch and serve use the API (the shared library, found next
+# to them through the run path); httpget is an unchanged program built in
+# link-in mode, with the static library so that it runs anywhere.
+bin/examples/fetch: examples/c/fetch.c $(API_HEADERS) bin/libfuntun-api.so
+	@mkdir -p bin/examples
+	$(CC) $(CFLAGS) -Ipreload/include -o $@ $< -Lbin -lfuntun-api -Wl,-rpath,'$$ORIGIN/..'
+
+bin/examples/serve: examples/c/serve.c $(API_HEADERS) bin/libfuntun-api.so
+	@mkdir -p bin/examples
+	$(CC) $(CFLAGS) -Ipreload/include -o $@ $< -Lbin -lfuntun-api -Wl,-rpath,'$$ORIGIN/..'
+
+bin/examples/httpget: examples/c/httpget.c bin/libfuntun-api.a
+	@mkdir -p bin/examples
+	$(CC) $(CFLAGS) -o $@ $< $(LINKIN_WRAP) bin/libfuntun-api.a -ldl -lpthread
+
+install-api: api
+	install -D -m 0755 bin/libfuntun-api.so $(DESTDIR)$(PREFIX)/lib/libfuntun-api.so
+	install -D -m 0644 bin/libfuntun-api.a $(DESTDIR)$(PREFIX)/lib/libfuntun-api.a
+	install -D -m 0644 preload/include/funtun.h $(DESTDIR)$(PREFIX)/include/funtun.h
+	@mkdir -p $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	printf '%s\n' "$$funtun_pc_install" > $(DESTDIR)$(PREFIX)/lib/pkgconfig/funtun.pc
+	printf '%s\n' "$$funtun_linkin_pc_install" > $(DESTDIR)$(PREFIX)/lib/pkgconfig/funtun-linkin.pc

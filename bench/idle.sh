@@ -31,6 +31,12 @@
 #   FUNTUN_PRELOAD  use this libfuntun.so; default: the one beside a FUNTUN_BIN
 #                   from outside this tree, else one built from preload/*.c
 #   BENCH_CSV       also write the raw results (one line per case) to this file
+#   BENCH_PROFILE   a directory: each funtun process serves --pprof, and once
+#                   its flows are held (after the reading) its heap profile
+#                   (CASE.heap.pb.gz, after a forced collection) and the
+#                   runtime's memory statistics (CASE.heap.txt) are saved
+#                   there; with GODEBUG=memprofilerate=1 in the environment
+#                   the profile counts every allocation
 set -euo pipefail
 
 only=${BENCH_IDLE_ONLY:-forward preload socks5d}
@@ -100,6 +106,34 @@ snapshot() { echo "$(vmrss_kib "$1") $(threads "$1") $(fd_kinds "$1")"; }
 results=$work/results
 : >"$results"
 
+# pprof_args CASE: the options that make a case's funtun serve --pprof when
+# BENCH_PROFILE asks for profiles (sets pprof_port), else none.
+profile_dir=${BENCH_PROFILE:-}
+if [[ -n $profile_dir ]]; then
+	mkdir -p "$profile_dir" || die "BENCH_PROFILE: cannot make $profile_dir"
+fi
+pprof_args=()
+pprof_for() {
+	pprof_args=()
+	[[ -n $profile_dir ]] || return 0
+	free_port
+	pprof_port=$port
+	pprof_args=(--pprof "127.0.0.1:$pprof_port")
+}
+# save_profile CASE: the heap profile and memory statistics of the case's
+# funtun (BENCH_PROFILE).
+save_profile() {
+	[[ -n $profile_dir ]] || return 0
+	local url=http://127.0.0.1:$pprof_port/debug/pprof/heap
+	python3 - "$url" "$profile_dir/$1" <<'PY' || echo "$me: $1: no heap profile from $url" >&2
+import sys, urllib.request
+url, out = sys.argv[1:]
+for query, suffix in (("?gc=1", ".heap.pb.gz"), ("?debug=1", ".heap.txt")):
+    with urllib.request.urlopen(url + query, timeout=60) as r, open(out + suffix, "wb") as f:
+        f.write(r.read())
+PY
+}
+
 # hold CASE FUNTUN_PID CLIENT_PID CLIENT_LOG BEFORE [GOFILE]: lets the
 # client open its flows (touching GOFILE first, if it waits for one), reads
 # the funtun process once they are open (BEFORE is its snapshot from before
@@ -113,6 +147,7 @@ hold() {
 	sleep "$settle"
 	kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "$mode: the funtun process is gone"; }
 	after=$(snapshot "$pid")
+	save_profile "$mode"
 	kill -USR1 "$client" 2>/dev/null || { cat "$log" >&2; die "$mode: the client is gone"; }
 	wait_gone "$client" 1200
 	python3 - "$log" "$mode" "$flows" "$opened" "$before" "$after" >>"$results" <<'EOF'
@@ -140,7 +175,8 @@ if wants forward; then
 	start_echo echo-forward
 	free_port
 	p=$port
-	start forward "$funtun" --quiet forward --listen "127.0.0.1:$p" --to "127.0.0.1:$echo_port" profile=direct
+	pprof_for forward
+	start forward "$funtun" --quiet forward "${pprof_args[@]}" --listen "127.0.0.1:$p" --to "127.0.0.1:$echo_port" profile=direct
 	fwd_group=$started
 	wait_listening "$p" || { cat "$work/forward.log" >&2; exit 1; }
 	fwd_pid=$(child_of "$fwd_group" 250)
@@ -167,7 +203,8 @@ if wants preload; then
 	rm -f "$work/ready" "$work/go"
 	# The launcher runs the funnel in its own process and the program as
 	# its child: timeout -> funtun (measured) -> idlec.
-	start idlec-preload "$funtun" --quiet chain="socks5 server=127.0.0.1:$m" \
+	pprof_for preload
+	start idlec-preload "$funtun" --quiet "${pprof_args[@]}" chain="socks5 server=127.0.0.1:$m" \
 		"$idlec" -g "$work/go" -H 240 127.0.0.1 "$echo_port" "$flows" "$work/ready"
 	launcher_group=$started
 	launcher_pid=$(child_of "$launcher_group" 250)
@@ -189,7 +226,8 @@ if wants socks5d; then
 	start_echo echo-socks5d
 	free_port
 	p=$port
-	start socks5d "$funtun" --quiet socks5d --listen "127.0.0.1:$p" --max-conns 20000 profile=direct
+	pprof_for socks5d
+	start socks5d "$funtun" --quiet socks5d "${pprof_args[@]}" --listen "127.0.0.1:$p" --max-conns 20000 profile=direct
 	s5_group=$started
 	wait_listening "$p" || { cat "$work/socks5d.log" >&2; exit 1; }
 	s5_pid=$(child_of "$s5_group" 250)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,9 +47,29 @@ func (e *Engine) Resolve(sel Selector) (*Pipeline, error) { return e.Catalog.Res
 
 // NewFlow makes a flow whose log lines carry its id.
 func (e *Engine) NewFlow(hook string, network Network, dest Addr) *Flow {
-	f := NewFlow(hook, network, dest)
-	f.Log = slog.New(&flowHandler{parent: e.Log.Handler(), id: f.ID})
+	ef := &engineFlow{Flow: Flow{
+		ID:      flowIDs.Add(1),
+		Hook:    hook,
+		Dest:    dest,
+		Network: network,
+		Start:   time.Now(),
+	}}
+	f := &ef.Flow
+	f.Up, f.Down = &ef.counts[0], &ef.counts[1]
+	ef.handler = flowHandler{parent: e.Log.Handler(), id: f.ID}
+	ef.log = *slog.New(&ef.handler)
+	f.Log = &ef.log
 	return f
+}
+
+// engineFlow is a flow with its counters and its logger in one allocation:
+// 256 bytes, where apart they take 264 and four trips to the allocator, and
+// an idle flow holds all of them.
+type engineFlow struct {
+	Flow
+	counts  [2]atomic.Int64
+	handler flowHandler
+	log     slog.Logger
 }
 
 // flowHandler adds a flow's id to its log lines. It formats the id only

@@ -103,6 +103,11 @@ type FastListener struct {
 	// (a forwarder).
 	Handshake Handshake
 	Dest      netip.AddrPort
+	// DestOf, when set, gives each client its own destination in place of
+	// Dest (a firewall redirection: the connection's original
+	// destination). It sees the accepted socket and both its addresses;
+	// an error closes the client (the hook has logged why).
+	DestOf func(fd int, local, remote netip.AddrPort) (netip.AddrPort, error)
 	// ClientSpeaksFirst lets the kernel hold a client until its first
 	// bytes arrive (TCP_DEFER_ACCEPT): no wake-up for a silent client.
 	ClientSpeaksFirst bool

@@ -25,33 +25,45 @@ import (
 
 // loopConn is one flow served by a loop: a client being greeted, a dial in
 // progress, or a relay.
+//
+// An idle flow is this record and little else, so it is kept small (144
+// bytes): what only a client being greeted needs (its address, the bytes
+// so far) lives in the pooled handshakeBuf.
 type loopConn struct {
-	id       int32 // generation: tells a stale event from one for a reused descriptor
-	cfd, ufd int   // client (app side) and upstream sockets; ufd is -1 until the dial
-	state    loopState
-	hs       *handshakeBuf // bytes of the handshake so far; nil once relaying
-	phase    uint8         // the hook's handshake state
-	// mark is the deadline of the handshake or the dial, and, once
-	// relaying, since when the byte total has not moved (one field: a
-	// flow is in one state at a time, and an idle flow should be small).
-	mark   time.Time
-	remote netip.AddrPort
-	lst    *loopListener   // nil for an adopted relay
-	ctx    context.Context // an adopted relay's: its end ends the flow
+	cfd, ufd int // client (app side) and upstream sockets; ufd is -1 until the dial
+	// slot is c's index in the loop's slots, which every epoll event of c
+	// carries; -1 once c has left the loop.
+	slot int32
+	// masks and registered hold what epoll has for cfd and ufd.
+	masks      [2]uint32
+	registered [2]bool
+	state      loopState
+	phase      uint8         // the hook's handshake state
+	unpaced    bool          // the upstream socket left a pacing congestion control
+	upLoopback bool          // the upstream socket's peer is on this host
+	hs         *handshakeBuf // the handshake so far; nil once relaying (or for a forwarder)
+	// mark is the deadline of the handshake or the dial (0: none), and,
+	// once relaying, since when the byte total has not moved, on
+	// loopClock (one field: a flow is in one state at a time).
+	mark int64
+	lst  *loopListener   // nil for an adopted relay
+	ctx  context.Context // an adopted relay's: its end ends the flow
 
 	run  *Run
 	idle time.Duration
 	done func(error)
 	// dirs[up] moves client bytes to upstream, dirs[down] the reverse.
 	dirs [2]loopDir
-	// masks and registered hold what epoll has for cfd and ufd.
-	masks      [2]uint32
-	registered [2]bool
-	unpaced    bool // the upstream socket left a pacing congestion control
-	upLoopback bool // the upstream socket's peer is on this host
 	// idleMark is the byte total at the last sweep.
 	idleMark int64
 }
+
+// loopEpoch starts loopClock.
+var loopEpoch = time.Now()
+
+// loopClock is the monotonic time in nanoseconds: what a loopConn keeps
+// its mark in (8 bytes, where a time.Time takes 24).
+func loopClock() int64 { return int64(time.Since(loopEpoch)) }
 
 type loopState uint8
 
@@ -74,17 +86,14 @@ type loopDir struct {
 }
 
 type handshakeBuf struct {
-	n   int
-	buf [MaxHandshake]byte
+	remote netip.AddrPort // the client's address
+	n      int
+	buf    [MaxHandshake]byte
 }
 
 var handshakeBufs = sync.Pool{New: func() any { return new(handshakeBuf) }}
 
 const bulkSplice = 32 << 10 // one splice this large makes a flow bulk
-
-// refs[fd] is the connection a descriptor belongs to (nil: none); which
-// of its sockets it is follows from c.ufd. One pointer per descriptor
-// number keeps the table small: it spans every descriptor of the process.
 
 // loopListener is a listening socket the loops accept on.
 type loopListener struct {
@@ -103,12 +112,26 @@ const (
 )
 
 type eventLoop struct {
-	ep     int
-	wake   int // eventfd: written when cmds has work or the loop is to stop
-	lst    *loopListener
-	refs   []*loopConn
-	conns  map[*loopConn]struct{}
-	nextID int32
+	ep   int
+	wake int // eventfd: written when cmds has work or the loop is to stop
+	lst  *loopListener
+	// slots are the loop's flows, nil where none is; an epoll event
+	// carries its flow's index here (and the descriptor, which tells the
+	// flow's two sockets apart). A slice of the flows, not a table by
+	// descriptor number (which spans every descriptor of the process) or
+	// a map: the smallest index for an idle flow, and a sweep walks it.
+	slots []*loopConn
+	// free are slots to reuse; freed are slots let go of since the last
+	// batch of events was read, which may still hold events for them: they
+	// become free before the next one.
+	free, freed []int32
+	// reply is what a Handshake writes its replies with, to replyTo; it
+	// and answer (for Handshake.Answer) are the loop's, made once: one
+	// client is served at a time, and a client costs no allocation for
+	// them.
+	reply   func([]byte) error
+	replyTo int
+	answer  [32]byte
 	// acceptPaused: out of descriptors, accepting stops until this time.
 	acceptPaused time.Time
 	lastSweep    time.Time
@@ -203,8 +226,12 @@ func idleSweep(idle time.Duration) time.Duration {
 }
 
 func newEventLoop(lst *loopListener, every time.Duration) (*eventLoop, error) {
-	ev := &eventLoop{lst: lst, conns: map[*loopConn]struct{}{}, ep: -1, wake: -1,
+	ev := &eventLoop{lst: lst, ep: -1, wake: -1,
 		every: max(min(every, time.Second), 10*time.Millisecond)}
+	ev.reply = func(b []byte) error {
+		_, err := sysWrite(ev.replyTo, b)
+		return err
+	}
 	var err error
 	if ev.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -242,8 +269,10 @@ func (ev *eventLoop) post(cmd loopCmd, stop bool) {
 }
 
 func (ev *eventLoop) close() {
-	for c := range ev.conns {
-		ev.finish(c, nil)
+	for _, c := range ev.slots {
+		if c != nil {
+			ev.finish(c, nil)
+		}
 	}
 	ev.mu.Lock()
 	if ev.wake >= 0 {
@@ -256,7 +285,7 @@ func (ev *eventLoop) close() {
 	for _, cmd := range cmds {
 		if c := cmd.adopt; c != nil {
 			// Taken over after the loop ended: end it here.
-			ev.conns[c] = struct{}{}
+			ev.add(c)
 			ev.finish(c, nil)
 		}
 	}
@@ -334,6 +363,10 @@ func (ev *eventLoop) run() error {
 
 // dispatch acts on events; it reports whether the loop is to stop.
 func (ev *eventLoop) dispatch(events []unix.EpollEvent) bool {
+	// Slots let go of before these events were read have none among
+	// them.
+	ev.free = append(ev.free, ev.freed...)
+	ev.freed = ev.freed[:0]
 	for i := range events {
 		e := &events[i]
 		switch e.Pad {
@@ -347,12 +380,12 @@ func (ev *eventLoop) dispatch(events []unix.EpollEvent) bool {
 			continue
 		}
 		fd := int(e.Fd)
-		if fd >= len(ev.refs) {
+		if uint(e.Pad) >= uint(len(ev.slots)) {
 			continue
 		}
-		c := ev.refs[fd]
-		if c == nil || c.id != e.Pad {
-			continue // the descriptor was closed earlier in this batch
+		c := ev.slots[e.Pad]
+		if c == nil || fd != c.cfd && fd != c.ufd {
+			continue // the flow ended earlier in this batch
 		}
 		ev.handle(c, fd == c.ufd, e.Events)
 	}
@@ -374,8 +407,8 @@ func (ev *eventLoop) commands() bool {
 			ev.adopt(cmd.adopt)
 		case cmd.ended != nil:
 			delete(ev.watched, cmd.ended)
-			for c := range ev.conns {
-				if c.ctx == cmd.ended {
+			for _, c := range ev.slots {
+				if c != nil && c.ctx == cmd.ended {
 					ev.finish(c, nil)
 				}
 			}
@@ -421,21 +454,32 @@ func (ev *eventLoop) accept() {
 			ev.handOver(fd, remote, nil, 0)
 			continue
 		}
-		c := ev.newConn(fd, remote)
+		dest := fl.Dest
+		if fl.DestOf != nil && fl.Handshake == nil {
+			d, err := fl.DestOf(fd, sysGetsockname(fd), remote)
+			if err != nil {
+				sysClose(fd)
+				fl.Finished()
+				continue
+			}
+			dest = d
+		}
+		c := ev.newConn(fd)
 		c.lst = lst
 		lst.wg.Add(1)
-		c.mark = time.Now().Add(fl.HandshakeTimeout)
+		c.mark = loopClock() + int64(fl.HandshakeTimeout)
 		if !remote.Addr().IsLoopback() {
 			// What the net package gives accepted connections: a
 			// client that vanishes behind a middlebox is noticed.
 			setKeepalive(fd, 15)
 		}
 		if fl.Handshake == nil {
-			ev.dial(c, fl.Dest, pl)
+			ev.dial(c, remote, dest, pl)
 			continue
 		}
 		c.hs = handshakeBufs.Get().(*handshakeBuf)
 		c.hs.n = 0
+		c.hs.remote = remote
 		// With TCP_DEFER_ACCEPT the client's first bytes are here
 		// already, and then need no trip through epoll.
 		if ev.readHandshake(c) && c.state == stateHandshake {
@@ -444,15 +488,33 @@ func (ev *eventLoop) accept() {
 	}
 }
 
-func (ev *eventLoop) newConn(cfd int, remote netip.AddrPort) *loopConn {
-	ev.nextID++
-	if ev.nextID < 0 {
-		ev.nextID = 0
-	}
-	c := &loopConn{id: ev.nextID, cfd: cfd, ufd: -1, remote: remote}
-	ev.conns[c] = struct{}{}
-	ev.setRef(cfd, c)
+func (ev *eventLoop) newConn(cfd int) *loopConn {
+	c := &loopConn{cfd: cfd, ufd: -1}
+	ev.add(c)
 	return c
+}
+
+// add gives c a slot.
+func (ev *eventLoop) add(c *loopConn) {
+	if n := len(ev.free); n > 0 {
+		c.slot = ev.free[n-1]
+		ev.free = ev.free[:n-1]
+		ev.slots[c.slot] = c
+		return
+	}
+	c.slot = int32(len(ev.slots))
+	ev.slots = append(ev.slots, c)
+}
+
+// remove takes c's slot back; it reports whether c had one.
+func (ev *eventLoop) remove(c *loopConn) bool {
+	if c.slot < 0 || int(c.slot) >= len(ev.slots) || ev.slots[c.slot] != c {
+		return false
+	}
+	ev.slots[c.slot] = nil
+	ev.freed = append(ev.freed, c.slot)
+	c.slot = -1
+	return true
 }
 
 // fastPipeline is the listener's pipeline if the loop dials its flows
@@ -478,16 +540,6 @@ func (ev *eventLoop) setListen(on bool) {
 	unix.EpollCtl(ev.ep, unix.EPOLL_CTL_ADD, ev.lst.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ev.lst.fd), Pad: padListener})
 }
 
-func (ev *eventLoop) setRef(fd int, c *loopConn) {
-	if fd >= len(ev.refs) {
-		n := max(2*len(ev.refs), fd+1, 256)
-		refs := make([]*loopConn, n)
-		copy(refs, ev.refs)
-		ev.refs = refs
-	}
-	ev.refs[fd] = c
-}
-
 // setMask tells epoll what one socket of c waits for. A socket that waits
 // for nothing leaves the epoll set: epoll reports hang-ups whatever the
 // mask, and a socket whose data we are not taking (the other side is full)
@@ -507,9 +559,9 @@ func (ev *eventLoop) setMask(c *loopConn, upside bool, mask uint32) {
 			c.registered[i] = false
 		}
 	case c.registered[i]:
-		sysEpollCtl(ev.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: mask, Fd: int32(fd), Pad: c.id})
+		sysEpollCtl(ev.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: mask, Fd: int32(fd), Pad: c.slot})
 	default:
-		sysEpollCtl(ev.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: mask, Fd: int32(fd), Pad: c.id})
+		sysEpollCtl(ev.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: mask, Fd: int32(fd), Pad: c.slot})
 		c.registered[i] = true
 	}
 	c.masks[i] = mask
@@ -548,22 +600,19 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 	case err != nil || n == 0:
 		// Gone during the handshake (a port scan, a health check): the
 		// general path logs nothing at info level for it either.
-		fl.Log.Debug("client closed during the handshake", "hook", fl.Hook, "src", c.remote.String())
+		fl.Log.Debug("client closed during the handshake", "hook", fl.Hook, "src", hs.remote.String())
 		ev.finish(c, nil)
 		return false
 	}
 	hs.n += n
-	write := func(b []byte) error {
-		_, err := sysWrite(c.cfd, b)
-		return err
-	}
+	ev.replyTo = c.cfd
 	for {
-		step := fl.Handshake.Input(&c.phase, hs.buf[:hs.n], write)
+		step := fl.Handshake.Input(&c.phase, hs.buf[:hs.n], ev.reply)
 		if step.Kind == StepDial && step.Consumed < hs.n {
 			// Bytes beyond the request (optimistic data) travel with
 			// the general path, request and all, which writes them
 			// upstream after its answer.
-			ev.handOverConn(c)
+			ev.handOverConn(c, hs.remote)
 			return false
 		}
 		if step.Consumed > 0 {
@@ -572,7 +621,7 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 		switch step.Kind {
 		case StepMore:
 			if hs.n == len(hs.buf) {
-				ev.handOverConn(c)
+				ev.handOverConn(c, hs.remote)
 				return false
 			}
 			if step.Consumed > 0 && hs.n > 0 {
@@ -582,10 +631,10 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 		case StepDial:
 			// Resolved again: a reload may have come since the
 			// accept.
-			ev.dial(c, step.Dest, c.lst.fastPipeline())
+			ev.dial(c, hs.remote, step.Dest, c.lst.fastPipeline())
 			return true
 		case StepGeneral:
-			ev.handOverConn(c)
+			ev.handOverConn(c, hs.remote)
 			return false
 		default:
 			ev.finish(c, nil)
@@ -594,15 +643,15 @@ func (ev *eventLoop) readHandshake(c *loopConn) bool {
 	}
 }
 
-// handOverConn gives a client to the general path, with what it sent.
-func (ev *eventLoop) handOverConn(c *loopConn) {
+// handOverConn gives a client (at remote) to the general path, with what
+// it sent.
+func (ev *eventLoop) handOverConn(c *loopConn, remote netip.AddrPort) {
 	if c.registered[0] {
 		// The general path's descriptor shares this socket: our epoll
 		// would go on reporting it.
 		sysEpollCtl(ev.ep, unix.EPOLL_CTL_DEL, c.cfd, nil)
 	}
-	ev.refs[c.cfd] = nil
-	delete(ev.conns, c)
+	ev.remove(c)
 	fd := c.cfd
 	c.cfd = -1
 	var read []byte
@@ -612,7 +661,7 @@ func (ev *eventLoop) handOverConn(c *loopConn) {
 		c.hs = nil
 	}
 	c.lst.wg.Done()
-	ev.handOver(fd, c.remote, read, c.phase)
+	ev.handOver(fd, remote, read, c.phase)
 }
 
 // handOver serves fd on a goroutine of the general path.
@@ -633,9 +682,10 @@ func (ev *eventLoop) handOver(fd int, remote netip.AddrPort, read []byte, phase 
 	go fl.General(ev.lst.ctx, Handover{Conn: nc, Remote: remote, Read: read, Phase: phase})
 }
 
-// dial starts the connection to dest, as pl's KernelDialer piece would
-// make it; pl nil (no longer a profile the loop dials) hands c over.
-func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort, pl *Pipeline) {
+// dial starts the connection to dest for the client at remote, as pl's
+// KernelDialer piece would make it; pl nil (no longer a profile the loop
+// dials) hands c over.
+func (ev *eventLoop) dial(c *loopConn, remote, dest netip.AddrPort, pl *Pipeline) {
 	lst := c.lst
 	var pol DialPolicy
 	ok := false
@@ -645,18 +695,18 @@ func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort, pl *Pipeline) {
 	if !ok || !dest.IsValid() || dest.Addr().IsUnspecified() || pol.Source.IsValid() && pol.Source.Is4() != dest.Addr().Is4() {
 		// Reloaded into something else since the accept, or a dial the
 		// piece itself must make (and report).
-		ev.handOverConn(c)
+		ev.handOverConn(c, remote)
 		return
 	}
 	f := lst.e.NewFlow(lst.fl.Hook, TCP, Addr{IP: dest.Addr(), Port: dest.Port()})
-	f.Source = net.TCPAddrFromAddrPort(c.remote)
+	f.Source = net.TCPAddrFromAddrPort(remote)
 	c.run = lst.e.Begin(f, pl)
 	c.idle = lst.fl.Idle
 	c.state = stateDialing
-	c.mark = time.Time{}
+	c.mark = 0
 	c.upLoopback = dest.Addr().IsLoopback()
 	if pol.Timeout > 0 {
-		c.mark = time.Now().Add(pol.Timeout)
+		c.mark = loopClock() + int64(pol.Timeout)
 	}
 
 	family := unix.AF_INET6
@@ -669,7 +719,6 @@ func (ev *eventLoop) dial(c *loopConn, dest netip.AddrPort, pl *Pipeline) {
 		return
 	}
 	c.ufd = fd
-	ev.setRef(fd, c)
 	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if pol.KeepAlive > 0 && (pol.KeepAliveLoopback || !c.upLoopback) {
 		setKeepalive(fd, max(1, int(pol.KeepAlive/time.Second)))
@@ -737,8 +786,7 @@ func (ev *eventLoop) dialFailed(c *loopConn, err error) {
 	}
 	err = dialErr(prefix, c.run.Flow.Dest.AddrPort(), err)
 	if hs := c.lst.fl.Handshake; hs != nil {
-		var b [32]byte
-		sysWrite(c.cfd, hs.Answer(b[:0], netip.AddrPort{}, err))
+		sysWrite(c.cfd, hs.Answer(ev.answer[:0], netip.AddrPort{}, err))
 	}
 	ev.finish(c, err)
 }
@@ -749,8 +797,7 @@ func (ev *eventLoop) connected(c *loopConn) {
 		if ap := sysGetsockname(c.ufd); ap.IsValid() {
 			bound = ap
 		}
-		var b [32]byte
-		if _, err := sysWrite(c.cfd, hs.Answer(b[:0], bound, nil)); err != nil {
+		if _, err := sysWrite(c.cfd, hs.Answer(ev.answer[:0], bound, nil)); err != nil {
 			ev.finish(c, fmt.Errorf("sending the answer to the client: %w", err))
 			return
 		}
@@ -764,7 +811,7 @@ func (ev *eventLoop) connected(c *loopConn) {
 
 func (ev *eventLoop) startRelay(c *loopConn) {
 	c.state = stateRelaying
-	c.mark = time.Now()
+	c.mark = loopClock()
 	ev.setMask(c, false, unix.EPOLLIN)
 	ev.setMask(c, true, unix.EPOLLIN)
 }
@@ -838,13 +885,13 @@ func (ev *eventLoop) updateMasks(c *loopConn) {
 // pump splices what the source of d has into a pipe and on. It reports
 // whether c is still alive.
 func (ev *eventLoop) pump(c *loopConn, d int) bool {
-	src, dst := c.ends(d)
+	src, _ := c.ends(d)
 	p, err := getPipe()
 	if err != nil {
 		ev.finish(c, err)
 		return false
 	}
-	n, err := sysSplice(src, p.W, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	n, err := sysSplice(src, int(p.W), pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		p.Put()
@@ -855,11 +902,7 @@ func (ev *eventLoop) pump(c *loopConn, d int) bool {
 		return false
 	case n == 0:
 		p.Put()
-		c.dirs[d].eof = true
-		if c.dirs[d^1].eof {
-			return true // both ended: finish closes both
-		}
-		sysShutdown(dst, unix.SHUT_WR)
+		ev.ended(c, d)
 		return true
 	}
 	c.dirs[d].pipe, c.dirs[d].pending = p, int32(n)
@@ -874,12 +917,31 @@ func (ev *eventLoop) pump(c *loopConn, d int) bool {
 	return ev.flush(c, d)
 }
 
+// ended notes that the source of d has sent everything, and passes that on.
+func (ev *eventLoop) ended(c *loopConn, d int) {
+	c.dirs[d].eof = true
+	if c.dirs[d^1].eof {
+		return // both ended: finish closes both
+	}
+	_, dst := c.ends(d)
+	sysShutdown(dst, unix.SHUT_WR)
+}
+
+// count adds n bytes moved in direction d to the flow's counters.
+func (c *loopConn) count(d, n int) {
+	if d == dirUp {
+		c.run.Flow.Up.Add(int64(n))
+	} else {
+		c.run.Flow.Down.Add(int64(n))
+	}
+}
+
 // flush writes what the pipe of d holds to its destination.
 func (ev *eventLoop) flush(c *loopConn, d int) bool {
 	_, dst := c.ends(d)
 	dir := &c.dirs[d]
 	for dir.pending > 0 {
-		n, err := sysSplice(dir.pipe.R, dst, int(dir.pending), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(int(dir.pipe.R), dst, int(dir.pending), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err == unix.EINTR {
 			continue
 		}
@@ -891,11 +953,7 @@ func (ev *eventLoop) flush(c *loopConn, d int) bool {
 			return false
 		}
 		dir.pending -= int32(n)
-		if d == dirUp {
-			c.run.Flow.Up.Add(n)
-		} else {
-			c.run.Flow.Down.Add(n)
-		}
+		c.count(d, int(n))
 	}
 	dir.pipe.Put()
 	dir.pipe = splicePipe{}
@@ -915,7 +973,7 @@ func endErr(err error) error {
 // accepted and one it adopted end through functions of their own, which a
 // stack trace (and the tests) can tell apart.
 func (ev *eventLoop) finish(c *loopConn, err error) {
-	if _, ok := ev.conns[c]; !ok {
+	if !ev.remove(c) {
 		return
 	}
 	if c.lst != nil {
@@ -932,12 +990,8 @@ func (ev *eventLoop) finishListened(c *loopConn, err error) { ev.end(c, err) }
 func (ev *eventLoop) finishAdopted(c *loopConn, err error) { ev.end(c, err) }
 
 func (ev *eventLoop) end(c *loopConn, err error) {
-	delete(ev.conns, c)
-	for _, fd := range []int{c.cfd, c.ufd} {
+	for _, fd := range [2]int{c.cfd, c.ufd} {
 		if fd >= 0 {
-			if fd < len(ev.refs) {
-				ev.refs[fd] = nil
-			}
 			sysClose(fd)
 		}
 	}
@@ -967,15 +1021,19 @@ func (ev *eventLoop) sweep(now time.Time) {
 		ev.acceptPaused = time.Time{}
 		ev.setListen(true)
 	}
-	for c := range ev.conns {
+	clock := loopClock()
+	for _, c := range ev.slots {
+		if c == nil {
+			continue
+		}
 		switch c.state {
 		case stateHandshake:
-			if now.After(c.mark) {
-				c.lst.fl.Log.Debug("handshake timed out", "hook", c.lst.fl.Hook, "src", c.remote.String())
+			if clock > c.mark {
+				c.lst.fl.Log.Debug("handshake timed out", "hook", c.lst.fl.Hook, "src", c.hs.remote.String())
 				ev.finish(c, nil)
 			}
 		case stateDialing:
-			if !c.mark.IsZero() && now.After(c.mark) {
+			if c.mark != 0 && clock > c.mark {
 				ev.dialFailed(c, os.NewSyscallError("connect", syscall.ETIMEDOUT))
 			}
 		case stateRelaying:
@@ -984,8 +1042,8 @@ func (ev *eventLoop) sweep(now time.Time) {
 			}
 			total := c.run.Flow.Up.Load() + c.run.Flow.Down.Load()
 			if total != c.idleMark {
-				c.idleMark, c.mark = total, now
-			} else if now.Sub(c.mark) >= c.idle {
+				c.idleMark, c.mark = total, clock
+			} else if time.Duration(clock-c.mark) >= c.idle {
 				c.run.Flow.Log.Debug("idle timeout: closing the flow", "idle", c.idle)
 				ev.finish(c, nil)
 			}
@@ -1044,8 +1102,8 @@ func (e *Engine) kernelRelay(ctx context.Context, r *Run, app, network net.Conn,
 	// The Go conns are done with: the loop owns the duplicates.
 	at.Close()
 	nt.Close()
-	c := &loopConn{cfd: cfd, ufd: ufd, run: r, idle: opt.Idle, done: opt.Done,
-		remote: netx.AddrPortOf(at.RemoteAddr()), upLoopback: netx.AddrPortOf(nt.RemoteAddr()).Addr().IsLoopback()}
+	c := &loopConn{cfd: cfd, ufd: ufd, slot: -1, run: r, idle: opt.Idle, done: opt.Done,
+		upLoopback: netx.AddrPortOf(nt.RemoteAddr()).Addr().IsLoopback()}
 	if ctx.Done() != nil {
 		c.ctx = ctx
 	}
@@ -1076,14 +1134,9 @@ func takeFD(c *net.TCPConn) (int, error) {
 
 // adopt starts relaying a pair handed over by kernelRelay.
 func (ev *eventLoop) adopt(c *loopConn) {
-	ev.nextID++
-	if ev.nextID < 0 {
-		ev.nextID = 0
-	}
-	c.id = ev.nextID
 	if c.ctx != nil {
 		if c.ctx.Err() != nil {
-			ev.conns[c] = struct{}{}
+			ev.add(c)
 			ev.finish(c, nil)
 			return
 		}
@@ -1096,9 +1149,7 @@ func (ev *eventLoop) adopt(c *loopConn) {
 			context.AfterFunc(ctx, func() { ev.post(loopCmd{ended: ctx}, false) })
 		}
 	}
-	ev.conns[c] = struct{}{}
-	ev.setRef(c.cfd, c)
-	ev.setRef(c.ufd, c)
+	ev.add(c)
 	if c.idle > 0 {
 		// Sweep often enough for the shortest idle limit served.
 		ev.every = max(min(ev.every, c.idle/4), 10*time.Millisecond)

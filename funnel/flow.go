@@ -40,7 +40,8 @@ type Flow struct {
 	Inbound bool   // accepted from the network, travelling up to the app
 	// Handoff asks the terminal piece for a *Handoff instead of a
 	// connection when nothing above it touches the bytes (the preload hook
-	// then connects the program's own socket).
+	// then connects the program's own socket). Run.DialStream clears it
+	// when the profile's first piece holds the bytes.
 	Handoff bool
 	Start   time.Time
 	Log     *slog.Logger

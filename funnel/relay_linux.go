@@ -14,7 +14,9 @@ import (
 // splicePipe is a kernel pipe used as the splice buffer between two sockets,
 // taken from a shared bounded free list (getPipe) by every relay, the
 // engine's and a hook's own (socks5d's event loops).
-type splicePipe struct{ R, W int }
+// Its descriptors are int32, as the kernel's are: an idle flow of the
+// event loops holds two of these (empty) in its record.
+type splicePipe struct{ R, W int32 }
 
 // pipeSize is what a pooled pipe holds.
 const pipeSize = 256 << 10
@@ -46,7 +48,7 @@ func getPipe() (splicePipe, error) {
 	}
 	// A larger pipe moves more per splice; failure just keeps the default.
 	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
-	return splicePipe{R: fds[0], W: fds[1]}, nil
+	return splicePipe{R: int32(fds[0]), W: int32(fds[1])}, nil
 }
 
 // Put gives an empty pipe back.
@@ -63,8 +65,8 @@ func (p splicePipe) Put() {
 
 // Close is for a pipe that may still hold bytes after an error.
 func (p splicePipe) Close() {
-	unix.Close(p.R)
-	unix.Close(p.W)
+	unix.Close(int(p.R))
+	unix.Close(int(p.W))
 }
 
 // spliceCopy moves bytes from src to dst through a pooled pipe with
@@ -94,7 +96,7 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 				}
 				havePipe = true
 			}
-			n, e := unix.Splice(int(fd), nil, p.W, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, e := unix.Splice(int(fd), nil, int(p.W), nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			if e == unix.EINTR {
 				return false
 			}
@@ -122,7 +124,7 @@ func spliceCopy(dst, src *net.TCPConn, count *atomic.Int64) error {
 		left := moved
 		werr := dstRaw.Write(func(fd uintptr) bool {
 			for left > 0 {
-				n, e := unix.Splice(p.R, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				n, e := unix.Splice(int(p.R), nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 				if e == unix.EINTR {
 					continue
 				}

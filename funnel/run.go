@@ -78,6 +78,12 @@ func (u Upstream) HandedOff() bool { return u.Conn == nil && u.Handoff.IsValid()
 // still running: the hook answers its client in its own language, then
 // calls End with the error.
 func (r *Run) DialStream(ctx context.Context) (Upstream, error) {
+	if r.Flow.Handoff && len(r.Pipeline.pieces) > 0 && !isTransparent(r.Pipeline.pieces[0]) {
+		// The first piece holds the bytes: no handoff can come of this
+		// dial, and the flow (the Run's own) says so at once, where the
+		// chain would otherwise copy it to clear the request.
+		r.Flow.Handoff = false
+	}
 	c, err := r.Pipeline.DialStream(ctx, r.Flow)
 	var h *HandoffAnswer
 	if errors.As(err, &h) {

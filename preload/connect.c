@@ -140,7 +140,7 @@ static int connect_fast(int fd, int type, const struct sockaddr *sa, socklen_t l
 int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	ft_init();
-	if (!is_inet(sa, len))
+	if (!is_inet(sa, len) || !ft_hooked())
 		return ft_real.connect(fd, sa, len);
 	int type = 0;
 	socklen_t tl = sizeof type;

@@ -106,6 +106,9 @@ FT_HIDDEN void ft_fd_set(int fd, const struct ft_fdinfo *in);
 FT_HIDDEN void ft_fd_clear(int fd);
 FT_HIDDEN void ft_fd_copy(int from, int to);
 
+/* ft_adopt_fed learns which LISTEN_FDS the funnel feeds (FT_OP_FED). */
+FT_HIDDEN void ft_adopt_fed(void);
+
 /* ft_unlisten tells the funnel a hidden listener was closed. */
 FT_HIDDEN void ft_unlisten(const struct ft_fdinfo *info);
 
@@ -166,5 +169,7 @@ FT_HIDDEN int ft_refuse(const char *call, int family, int type, int protocol, co
 FT_HIDDEN int ft_is_synthetic(const struct sockaddr *sa, socklen_t len);
 
 FT_HIDDEN socklen_t ft_copy_addr(struct sockaddr *dst, socklen_t *dstlen, const void *src, socklen_t srclen);
+
+#include "ft_daemon.h"
 
 #endif

@@ -1,10 +1,14 @@
 /*
  * funtun_wire.h — the control protocol between libfuntun.so (in a hooked
- * program) and the funnel (in the launcher). Its Go mirror is
- * hooks/preload/wire.go; change both together and bump FT_WIRE_VERSION.
+ * program) and the funnel (in the launcher, or the per-user daemon). Its Go
+ * mirror is hooks/preload/wire.go; change both together and bump
+ * FT_WIRE_VERSION.
  *
  * Transport: a Unix SOCK_SEQPACKET socket whose path the launcher puts in
- * FUNTUN_SOCKET. Each message is one packet, so no framing is needed. The
+ * FUNTUN_SOCKET, or the per-user daemon's socket
+ * ($XDG_RUNTIME_DIR/funtun/daemon.sock, FUNTUN_DAEMON), where every
+ * connection begins with FT_OP_HELLO. Each message is one packet, so no
+ * framing is needed. The
  * library sends one struct ft_req and reads one struct ft_resp back on the
  * same connection; a connection carries one request at a time. Requests
  * that act on a socket of the program (CONNECT, BIND, LISTEN, UDP_ASSOC)
@@ -20,7 +24,7 @@
 
 #include <stdint.h>
 
-#define FT_WIRE_VERSION 3
+#define FT_WIRE_VERSION 4
 #define FT_NAME_MAX 256  /* host names, NUL included */
 #define FT_ADDR_MAX 28   /* sizeof(struct sockaddr_in6) */
 
@@ -39,7 +43,9 @@ enum ft_op {
 	 * (non-blocking socket) or the errno connect() must fail with. flags:
 	 * FT_CONNECT_PLAIN_DIRECT when the profile in force is exactly `direct`
 	 * with no parameters: for up to a second the library may then connect
-	 * literal (non-synthetic) addresses itself, with no round trip;
+	 * literal (non-synthetic) addresses itself, with no round trip — but
+	 * under the daemon only while its reload count (struct ft_gen_page)
+	 * has not moved since the request was sent;
 	 * FT_CONNECT_LOG_FAST when the funnel logs successful flows too (debug
 	 * logging): the library then reports the connects it makes itself
 	 * (FT_OP_CONNECTED_FAST). */
@@ -99,7 +105,45 @@ enum ft_op {
 	 * "sendmmsg", "bind"), addr = its address, if it had an inet one. For
 	 * the funnel's log only. */
 	FT_OP_REFUSED = 12,
+	/* No fd: at the program's start, for each of its LISTEN_FDS when the
+	 * launcher was itself socket-activated and feeds those sockets
+	 * (FUNTUN_LISTEN_FED=1): addr = the listener's address. Answer, when
+	 * the funnel feeds it as a hidden listener (as after LISTEN with
+	 * FT_LISTEN_TAKEN): addr2 = the public address for getsockname; else
+	 * err = ENOENT. */
+	FT_OP_FED = 13,
+	/* The first request on a connection to the per-user daemon (never sent
+	 * to the launcher): it says which funnel the connection's requests go
+	 * to. name = the template (a profile name, or "chain=…") when arg has
+	 * FT_HELLO_TEMPLATE (the C API, FUNTUN_TEMPLATE); else "" and the
+	 * daemon picks the profile by the program (its programs file). Answer:
+	 * err = 0, with a descriptor attached (SCM_RIGHTS): a read-only page
+	 * whose first 8 bytes (struct ft_gen_page) count the daemon's reloads,
+	 * and name = the template it chose ("profile=NAME", "chain=…"; empty
+	 * when it does not fit), which the library names in the HELLOs of its
+	 * later connections, so that a program keeps one funnel — and the
+	 * synthetic addresses it was given — for life, whatever later edits
+	 * of the programs file say; flags FT_HELLO_UNTOUCHED: no entry for this program, leave it alone
+	 * (every call goes straight to libc) — the daemon then hangs up;
+	 * err = ENOENT: no such template; EPROTO: another protocol version. On
+	 * an error name holds a sentence that says why. */
+	FT_OP_HELLO = 14,
 };
+
+enum ft_hello_flags {
+	FT_HELLO_TEMPLATE = 1,  /* request arg: name is a template */
+	FT_HELLO_UNTOUCHED = 1, /* response flags: not this program */
+};
+
+/* The page FT_OP_HELLO hands over. generation starts at 1 and grows by
+ * one after every reload of the daemon's profiles, once the new ones are
+ * in force: a
+ * permission a CONNECT answer gave (FT_CONNECT_PLAIN_DIRECT) holds only
+ * while generation is what it was before that CONNECT was sent. */
+struct ft_gen_page {
+	uint64_t generation;
+};
+#define FT_GEN_PAGE_SIZE 4096
 
 enum ft_connect_flags {
 	FT_CONNECT_PLAIN_DIRECT = 1,

@@ -78,6 +78,13 @@ static void init_once_fn(void)
 			ctl_addr.sun_path[0] = '\0';
 		ctl_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '@' ? 0 : 1));
 	}
+	ft_daemon_init();
+	if (!path) {
+		/* No launcher: a global preload, a link-in program. The per-user
+		 * daemon says whether this program is funnelled (ft_hooked). */
+		ft_daemon_mode = 1;
+		ctl_addrlen = ft_daemon_address(&ctl_addr);
+	}
 	const char *raw = getenv("FUNTUN_ALLOW_RAW");
 	ft_allow_raw = raw && strcmp(raw, "1") == 0;
 	pthread_atfork(NULL, NULL, table_child);
@@ -91,6 +98,7 @@ FT_HIDDEN void ft_init(void)
 __attribute__((constructor)) static void ft_constructor(void)
 {
 	ft_init();
+	ft_adopt_fed();
 }
 
 FT_HIDDEN uint64_t ft_inode(int fd)
@@ -119,7 +127,7 @@ static struct ctl_slot ctl_pool[CTL_POOL] = {
 
 static int ctl_open(uint64_t *ino)
 {
-	if (ctl_addrlen == 0)
+	if (ctl_addrlen == 0 || (ft_daemon_mode && ft_daemon_untouched()))
 		return -1;
 	int fd = ft_real.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -133,6 +141,17 @@ static int ctl_open(uint64_t *ino)
 		ft_real.close(fd);
 		errno = e;
 		return -1;
+	}
+	if (ft_daemon_mode) {
+		/* Every connection to the daemon says first whose it is. */
+		int h = ft_daemon_hello(fd, NULL, NULL, 0);
+		if (h >= 0)
+			ft_daemon_decided(h);
+		if (h != 1) {
+			ft_real.close(fd);
+			errno = ECONNREFUSED;
+			return -1;
+		}
 	}
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > CTL_MIN_FD + 64) {
@@ -300,6 +319,7 @@ FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, enum ft_
 	if (ctl_addrlen == 0)
 		return -ECONNREFUSED;
 	req->version = FT_WIRE_VERSION;
+	uint64_t sent_gen = ft_gen_now();
 
 	struct ctl_slot *slot = ctl_acquire();
 	int cfd = -1;
@@ -366,7 +386,60 @@ FT_HIDDEN int ft_call(struct ft_req *req, int fd, struct ft_resp *resp, enum ft_
 	if (!slot)
 		ft_real.close(cfd);
 	ctl_release(slot);
+	if (req->op == FT_OP_CONNECT)
+		ft_gen_connect_answered(sent_gen, resp);
 	return 0;
+}
+
+FT_HIDDEN int ft_call_on(int cfd, struct ft_req *req, int fd, struct ft_resp *resp)
+{
+	req->version = FT_WIRE_VERSION;
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {.iov_base = req, .iov_len = sizeof *req};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		memset(cbuf, 0, sizeof cbuf);
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof cbuf;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	ssize_t n;
+	do
+		n = ft_real.sendmsg(cfd, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof *req)
+		return -ECONNREFUSED;
+	n = wait_answer(cfd, resp, FT_WAIT_RETRY, fd);
+	if (n < 0)
+		return (int)n;
+	return n == (ssize_t)sizeof *resp ? 0 : -EPROTO;
+}
+
+static int pooled_fd(struct ctl_slot *s);
+
+FT_HIDDEN void ft_ctl_warm(void)
+{
+	ft_init();
+	struct ctl_slot *slot = ctl_acquire();
+	if (slot && pooled_fd(slot) >= 0) {
+		ctl_release(slot);
+		return;
+	}
+	uint64_t ino;
+	int cfd = ctl_open(&ino);
+	if (cfd >= 0) {
+		if (slot) {
+			slot->ino = ino;
+			atomic_store(&slot->fd, cfd);
+		} else {
+			ft_real.close(cfd);
+		}
+	}
+	ctl_release(slot);
 }
 
 /* pooled_fd: the slot's connection when it is open and still ours. */
@@ -386,6 +459,9 @@ static int pooled_fd(struct ctl_slot *s)
 FT_HIDDEN int ft_control_alive(void)
 {
 	ft_init();
+	/* A reload since the funnel last said "plain direct" withdraws that. */
+	if (!ft_gen_permits())
+		return 0;
 	struct ctl_slot *slot = ctl_acquire();
 	if (!slot)
 		return 0;

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -59,6 +60,8 @@ static void copy_int_opt(int from, int to, int level, int name)
 int listen(int fd, int backlog)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_real.listen(fd, backlog);
 	struct ft_fdinfo info;
 	if (ft_fd_get(fd, &info) && info.kind == FT_KIND_LISTEN)
 		return ft_real.listen(fd, backlog); /* the hidden listener: a new backlog */
@@ -134,13 +137,14 @@ int listen(int fd, int backlog)
 int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	ft_init();
-	if (sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_PACKET && !ft_allow_raw) {
+	if (sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_PACKET && !ft_allow_raw && ft_hooked()) {
 		int family = 0, type = 0, proto = 0;
 		if (ft_fd_uncarried(fd, &family, &type, &proto))
 			return ft_refuse("bind", family, type, proto, NULL, 0);
 	}
 	int r = ft_real.bind(fd, sa, len);
-	if (r == 0 || errno != EADDRINUSE || !sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
+	if (r == 0 || errno != EADDRINUSE || !sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+	    !ft_hooked())
 		return r;
 	struct ft_req req;
 	struct ft_resp resp;
@@ -153,6 +157,52 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len)
 		return ft_real.bind(fd, sa, len);
 	errno = EADDRINUSE;
 	return -1;
+}
+
+/* ft_adopt_fed: when the launcher was socket-activated, the program's
+ * LISTEN_FDS are hidden listeners the funnel feeds from the real sockets
+ * (the same as after listen() with FT_LISTEN_TAKEN), made before the
+ * program started. Only the process LISTEN_PID names owns them; it marks
+ * them as its hidden listeners so that accept() reports the real client
+ * and getsockname() the public address. Runs once, at the start. */
+FT_HIDDEN void ft_adopt_fed(void)
+{
+	const char *fed = getenv("FUNTUN_LISTEN_FED");
+	const char *pid = getenv("LISTEN_PID");
+	const char *fds = getenv("LISTEN_FDS");
+	if (!fed || strcmp(fed, "1") != 0 || !pid || !fds)
+		return;
+	char *end;
+	long owner = strtol(pid, &end, 10);
+	if (*end || owner != (long)getpid())
+		return;
+	long n = strtol(fds, &end, 10);
+	if (*end || n <= 0 || n > 4096)
+		return;
+	for (int fd = 3; fd < 3 + n; fd++) {
+		struct sockaddr_storage hs;
+		socklen_t hl = sizeof hs;
+		if (ft_real.getsockname(fd, (struct sockaddr *)&hs, &hl) != 0 ||
+		    (hs.ss_family != AF_INET && hs.ss_family != AF_INET6))
+			continue;
+		struct ft_req req;
+		struct ft_resp resp;
+		memset(&req, 0, sizeof req);
+		req.op = FT_OP_FED;
+		req.addrlen = hl < FT_ADDR_MAX ? hl : FT_ADDR_MAX;
+		memcpy(req.addr, &hs, req.addrlen);
+		if (ft_call(&req, -1, &resp, FT_WAIT_RETRY) != 0 || resp.err)
+			continue;
+		struct ft_fdinfo info;
+		memset(&info, 0, sizeof info);
+		info.kind = FT_KIND_LISTEN;
+		info.ino = ft_inode(fd);
+		info.locallen = resp.addr2len < sizeof info.local ? resp.addr2len : sizeof info.local;
+		memcpy(&info.local, resp.addr2, info.locallen);
+		info.peerlen = req.addrlen; /* the hidden address, for FT_OP_UNLISTEN */
+		memcpy(&info.peer, req.addr, req.addrlen);
+		ft_fd_set(fd, &info);
+	}
 }
 
 /* ft_unlisten tells the funnel that a hidden listener was closed. */

@@ -80,7 +80,7 @@ FT_HIDDEN int ft_refuse(const char *call, int family, int type, int protocol, co
 int socket(int family, int type, int protocol)
 {
 	ft_init();
-	if (!ft_allow_raw && ft_uncarried(family, type, protocol))
+	if (!ft_allow_raw && ft_uncarried(family, type, protocol) && ft_hooked())
 		return ft_refuse("socket", family, type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC), protocol, NULL, 0);
 	return ft_real.socket(family, type, protocol);
 }

@@ -75,7 +75,7 @@ static void append(struct addrinfo **list, struct addrinfo *more)
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res)
 {
 	ft_init();
-	if (!node)
+	if (!node || !ft_hooked())
 		return ft_real.getaddrinfo(node, service, hints, res); /* wildcard or loopback: no lookup */
 	struct addrinfo h;
 	if (hints)
@@ -144,7 +144,7 @@ int getnameinfo(const struct sockaddr *sa, socklen_t salen, char *host, socklen_
 		socklen_t servlen, int flags)
 {
 	ft_init();
-	if (!sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6))
+	if (!sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || !ft_hooked())
 		return ft_real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags);
 	/* The service part and the numeric form come from glibc; only the host
 	 * name is ours to give. */
@@ -251,6 +251,8 @@ static __thread struct host_storage tls_st;
 struct hostent *gethostbyname2(const char *name, int af)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_pass_gethostbyname2(name, af);
 	if (!name || (af != AF_INET && af != AF_INET6)) {
 		h_errno = NO_RECOVERY;
 		errno = EAFNOSUPPORT;
@@ -275,6 +277,8 @@ int gethostbyname2_r(const char *name, int af, struct hostent *ret, char *buf, s
 		     struct hostent **result, int *h_errnop)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_pass_gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
 	*result = NULL;
 	if (!name || (af != AF_INET && af != AF_INET6)) {
 		if (h_errnop)
@@ -359,6 +363,8 @@ static int fill_reverse(const void *addr, socklen_t len, int type, struct hosten
 struct hostent *gethostbyaddr(const void *addr, socklen_t len, int type)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_pass_gethostbyaddr(addr, len, type);
 	int herr = fill_reverse(addr, len, type, &tls_he, &tls_st);
 	if (herr) {
 		h_errno = herr;
@@ -371,6 +377,8 @@ int gethostbyaddr_r(const void *addr, socklen_t len, int type, struct hostent *r
 		    struct hostent **result, int *h_errnop)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_pass_gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
 	*result = NULL;
 	uintptr_t p = ((uintptr_t)buf + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1);
 	if (!buf || p + sizeof(struct host_storage) > (uintptr_t)buf + buflen) {

@@ -244,6 +244,8 @@ static int is_link(const void *sa, socklen_t len)
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *dest, socklen_t dlen)
 {
 	ft_init();
+	if ((is_link(dest, dlen) || is_inet(dest, dlen)) && !ft_hooked())
+		return ft_real.sendto(fd, buf, len, flags, dest, dlen);
 	if (is_link(dest, dlen))
 		return refuse_uncarried("sendto", fd, dest, dlen);
 	if (!is_inet(dest, dlen))
@@ -271,6 +273,9 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	ft_init();
+	if (msg && (is_link(msg->msg_name, msg->msg_namelen) || is_inet(msg->msg_name, msg->msg_namelen)) &&
+	    !ft_hooked())
+		return ft_real.sendmsg(fd, msg, flags);
 	if (msg && is_link(msg->msg_name, msg->msg_namelen))
 		return refuse_uncarried("sendmsg", fd, NULL, 0);
 	if (!msg || !is_inet(msg->msg_name, msg->msg_namelen))
@@ -291,6 +296,8 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
 	ft_init();
+	if (!ft_hooked())
+		return ft_real.sendmmsg(fd, vec, vlen, flags);
 	enum { BATCH = 64 };
 	struct mmsghdr copy[BATCH];
 	struct sockaddr_in6 wires[BATCH];

@@ -26,10 +26,8 @@ type unitSet struct {
 	exposure map[string]float64
 }
 
-// unitSets: every directory of units here. Units at the top level are the
-// per-user daemon's.
+// unitSets: every directory of units here.
 var unitSets = []unitSet{
-	{".", true, nil},
 	{"user", true, map[string]float64{"funtun-socks5d.service": 2.5}},
 	// root, to run each line's program as its user
 	{"system", false, map[string]float64{"funtun-inetd.service": 3.0, "funtun-activate@8443.service": 2.0}},

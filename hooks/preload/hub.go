@@ -25,7 +25,11 @@ type relayHub struct {
 	ln      *net.TCPListener
 	addr    netip.AddrPort
 	mu      sync.Mutex
-	waiting map[netip.AddrPort]*waiter
+	waiting map[netip.AddrPort]waiter
+	// expiry runs while flows wait, and fails those that waited too long:
+	// one timer for the hub, not one per flow (a flow that waits costs a
+	// map entry and its callback).
+	expiry *time.Timer
 	// early holds connections accepted before their flow registered (the
 	// handshake completes inside connect(), before we know the source).
 	early map[netip.AddrPort]earlyConn
@@ -55,7 +59,7 @@ func newRelayHub(network string, ip net.IP, log *slog.Logger) (*relayHub, error)
 	h := &relayHub{
 		ln:      ln,
 		addr:    netx.AddrPortOf(ln.Addr()),
-		waiting: map[netip.AddrPort]*waiter{},
+		waiting: map[netip.AddrPort]waiter{},
 		early:   map[netip.AddrPort]earlyConn{},
 	}
 	// The hub serves as long as the process lives: no context ends it.
@@ -98,7 +102,6 @@ func (h *relayHub) arrived(c net.Conn) {
 	if w, ok := h.waiting[from]; ok {
 		delete(h.waiting, from)
 		h.mu.Unlock()
-		w.timer.Stop()
 		w.then(c, nil)
 		return
 	}
@@ -126,14 +129,19 @@ func (h *relayHub) arrived(c net.Conn) {
 
 // waiter is a flow waiting for its program's connection.
 type waiter struct {
-	then  func(net.Conn, error)
-	timer *time.Timer
+	then     func(net.Conn, error)
+	deadline time.Time
 }
 
+// expiryPeriod is how often the hub looks for flows that waited longer
+// than relayAcceptWait: such a flow fails within one period after that.
+const expiryPeriod = relayAcceptWait / 8
+
 // expect calls then with the connection from the program's socket at
-// from once it arrives (at once if it has), or with an error after
-// relayAcceptWait. No goroutine waits meanwhile: then runs on the hub's
-// accepting goroutine or the timer's, so it must not block.
+// from once it arrives (at once if it has), or with an error once it has
+// waited relayAcceptWait. No goroutine waits meanwhile: then runs on the
+// hub's accepting goroutine or its expiry timer's, so it must not block.
+// Whoever removes the entry from waiting (arrived or expire) calls then.
 func (h *relayHub) expect(from netip.AddrPort, then func(net.Conn, error)) {
 	from = netx.Unmap(from)
 	h.mu.Lock()
@@ -143,19 +151,37 @@ func (h *relayHub) expect(from netip.AddrPort, then func(net.Conn, error)) {
 		then(e.c, nil)
 		return
 	}
-	w := &waiter{then: then}
-	h.waiting[from] = w
-	// Whoever removes the entry (arrived or this timer) calls then.
-	w.timer = time.AfterFunc(relayAcceptWait, func() {
-		h.mu.Lock()
-		mine := h.waiting[from] == w
-		if mine {
+	if old, ok := h.waiting[from]; ok {
+		// The program's source address again, while an earlier flow
+		// still waits from it: that flow's socket is gone.
+		defer old.then(nil, errors.New("the program's socket never reached the relay"))
+	}
+	h.waiting[from] = waiter{then: then, deadline: time.Now().Add(relayAcceptWait)}
+	if h.expiry == nil {
+		h.expiry = time.AfterFunc(expiryPeriod, h.expire)
+	}
+	h.mu.Unlock()
+}
+
+// expire fails the flows that waited too long, and comes back while any
+// flow waits.
+func (h *relayHub) expire() {
+	now := time.Now()
+	var late []waiter
+	h.mu.Lock()
+	for from, w := range h.waiting {
+		if now.After(w.deadline) {
+			late = append(late, w)
 			delete(h.waiting, from)
 		}
-		h.mu.Unlock()
-		if mine {
-			then(nil, errors.New("the program's socket never reached the relay"))
-		}
-	})
+	}
+	if len(h.waiting) > 0 {
+		h.expiry.Reset(expiryPeriod)
+	} else {
+		h.expiry = nil
+	}
 	h.mu.Unlock()
+	for _, w := range late {
+		w.then(nil, errors.New("the program's socket never reached the relay"))
+	}
 }

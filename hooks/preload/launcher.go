@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/hooks/activate"
 	"github.com/funtun/funtun/internal/cli"
 	"golang.org/x/sys/unix"
 )
@@ -200,11 +201,20 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 	defer cancel()
 	go srv.Serve(sctx, l)
 
+	// Sockets a service manager passed to us are the program's (see
+	// inherited.go).
+	inherited, err := srv.takeInherited()
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "funtun: the sockets passed in LISTEN_FDS: %v\n", err)
+		return 1
+	}
+	defer inherited.close()
+
 	environ := childEnv(os.Environ(), lib, sock)
 	if la.allowRaw {
 		environ = append(environ, "FUNTUN_ALLOW_RAW=1")
 	}
-	code := supervise(env, path, append([]string{la.program}, la.args...), environ)
+	code := supervise(env, path, append([]string{la.program}, la.args...), append(environ, inherited.env()...), inherited)
 	srv.waitIdle(250 * time.Millisecond)
 	return code
 }
@@ -222,7 +232,7 @@ func childEnv(environ []string, lib, sock string) []string {
 			if old := strings.TrimSpace(strings.TrimPrefix(kv, "LD_PRELOAD=")); old != "" {
 				preload = old + " " + lib
 			}
-		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="):
+		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="), strings.HasPrefix(kv, "FUNTUN_LISTEN_FED="):
 		default:
 			out = append(out, kv)
 		}
@@ -296,7 +306,7 @@ var terminalSignals = map[os.Signal]bool{syscall.SIGINT: true, syscall.SIGQUIT: 
 // supervise runs the program in our own process group (it keeps the
 // terminal: no new group, no new session), passes signals on, follows it
 // into job-control stops, and returns its exit status.
-func supervise(env *cli.Env, path string, argv, environ []string) int {
+func supervise(env *cli.Env, path string, argv, environ []string, inherited *inheritedSockets) int {
 	sigs := make(chan os.Signal, 16)
 	// Caught, not ignored: a caught signal is back to its default in the
 	// program after exec, an ignored one stays ignored there.
@@ -309,9 +319,15 @@ func supervise(env *cli.Env, path string, argv, environ []string) int {
 		signal.Notify(sigs, sig)
 	}
 	defer signal.Stop(sigs)
-	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
+	exe, args := path, argv
+	if inherited != nil {
+		// Through funtun's own step, which sets LISTEN_PID to the
+		// program's pid before it execs the program.
+		exe, args = activate.StepArgs(path, argv)
+	}
+	proc, err := os.StartProcess(exe, args, &os.ProcAttr{
 		Env:   environ,
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, inherited.files()...),
 	})
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: cannot start %s: %v\n", path, errors.Unwrap(err))
@@ -320,6 +336,7 @@ func supervise(env *cli.Env, path string, argv, environ []string) int {
 		}
 		return 126
 	}
+	inherited.started()
 	pid := proc.Pid
 	events := make(chan unix.WaitStatus)
 	go func() {

@@ -126,6 +126,22 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	return err
 }
 
+// ServeConn answers the requests of one control connection that the caller
+// accepted and handed over (the per-user daemon, which chooses the Server
+// by the program), until the program hangs up or ctx ends. It checks the
+// peer as Serve does.
+func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) {
+	s.connsMu.Lock()
+	s.conns[c] = true
+	s.connsMu.Unlock()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	s.serveConn(ctx, c)
+	s.connsMu.Lock()
+	delete(s.conns, c)
+	s.connsMu.Unlock()
+}
+
 // waitIdle waits, up to d, until no control connection is open: reports a
 // program sent just before it exited (a failed fast-path connect) are
 // read and logged before the launcher exits. A process the program left
@@ -335,6 +351,8 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 		s.unlisten(req, resp)
 	case opAccepted:
 		s.accepted(req, resp)
+	case opFed:
+		s.fed(req, resp)
 	case opUDPAssoc:
 		s.udpAssoc(ctx, p, req, fd, resp)
 	default:

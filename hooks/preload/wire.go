@@ -9,14 +9,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The control protocol between libfuntun.so and the funnel; the C side is
+// The control protocol between libfuntun.so and the funnel (the launcher's
+// or the per-user daemon's); the C side is
 // preload/funtun_wire.h, which documents each operation. Change both
 // together and bump wireVersion. One SOCK_SEQPACKET packet is one message:
 // the library sends a request (with the program's socket as SCM_RIGHTS
 // when the operation acts on it) and waits for one response. Integers are
 // in host byte order; addresses are raw sockaddr_in / sockaddr_in6 bytes.
 const (
-	wireVersion = 3
+	wireVersion = 4
 	nameMax     = 256
 	addrMax     = 28
 
@@ -54,6 +55,18 @@ const (
 	opConnectFailed    = 10
 	opConnectedFast    = 11
 	opRefusedUncarried = 12
+	// The first request on a connection to the per-user daemon, which
+	// answers it itself (see Hello) before the connection reaches a Server.
+	opHello = 14
+)
+
+// HELLO's request arg and response flags.
+const (
+	helloTemplate  = 1
+	helloUntouched = 1
+	// genPageSize is the size of the page HELLO hands over; its first 8
+	// bytes count the daemon's reloads (struct ft_gen_page).
+	genPageSize = 4096
 )
 
 // oneWay: operations the funnel never answers.

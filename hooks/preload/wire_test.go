@@ -34,6 +34,8 @@ int main(void) {
 	printf("%d %d %d %d %d\n", FT_OP_CONNECT_FAILED, FT_OP_CONNECTED_FAST, FT_OP_REFUSED, FT_CONNECT_PLAIN_DIRECT,
 	       FT_CONNECT_LOG_FAST);
 	printf("%d %d %d %d %d %d\n", FT_LISTEN_NATIVE, FT_LISTEN_TAKEN, FT_NAME_MAX, FT_ADDR_MAX, FT_REQ_SIZE, FT_RESP_SIZE);
+	printf("%d %d %d %d %zu\n", FT_OP_HELLO, FT_HELLO_TEMPLATE, FT_HELLO_UNTOUCHED, FT_GEN_PAGE_SIZE,
+	       sizeof(struct ft_gen_page));
 	return 0;
 }
 `
@@ -54,6 +56,7 @@ int main(void) {
 		itoa(wireVersion, opConnect, opResolve, opReverse, opListen, opAccepted, opUDPAssoc, opUnlisten),
 		itoa(opConnectFailed, opConnectedFast, opRefusedUncarried, connectPlainDirect, connectLogFast),
 		itoa(listenNative, listenTaken, nameMax, addrMax, reqSize, respSize),
+		itoa(opHello, helloTemplate, helloUntouched, genPageSize, 8),
 	}, "\n") + "\n"
 	if string(out) != want {
 		t.Fatalf("C layout:\n%s\nGo layout:\n%s", out, want)

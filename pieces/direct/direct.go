@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -20,7 +22,8 @@ func init() {
 		Params: `source=ADDR      local address to dial from (IPv4 or IPv6, no port)
 timeout=DURATION connect timeout, default 10s
 fallback=DURATION Happy Eyeballs delay before trying the other address family, default 300ms
-keepalive=DURATION TCP keepalive period, default 15s; 0 turns it off`,
+keepalive=DURATION TCP keepalive period, default 15s; 0 turns it off
+mark=N           SO_MARK of every socket it opens (Linux; 0x… or decimal), so firewall rules can skip them; default $FUNTUN_MARK, else none`,
 		EndsChains: true,
 		Curves:     curves,
 		New:        New,
@@ -33,7 +36,8 @@ type Direct struct {
 	timeout   time.Duration
 	fallback  time.Duration
 	keepalive time.Duration
-	plain     bool // built without parameters
+	mark      int
+	plain     bool // nothing configured: no parameters, no FUNTUN_MARK
 	// The dialers, made once: net.Dialer is safe for concurrent use, and
 	// a flow should not leave one behind as garbage.
 	tcp, tcpLocal, udp *net.Dialer
@@ -41,8 +45,12 @@ type Direct struct {
 
 // New builds a direct piece from its parameters.
 func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
-	d := &Direct{plain: p.Len() == 0}
+	d := &Direct{}
 	var err error
+	if d.mark, err = markParam(p); err != nil {
+		return nil, err
+	}
+	d.plain = p.Len() == 0 && d.mark == 0
 	if s := p.String("source", ""); s != "" {
 		if d.source, err = netip.ParseAddr(s); err != nil {
 			return nil, p.Errorf("source", "%q is not an IP address", s)
@@ -72,6 +80,9 @@ var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funn
 
 func (d *Direct) dialer(network string) *net.Dialer {
 	nd := &net.Dialer{Timeout: d.timeout, FallbackDelay: d.fallback, KeepAlive: d.keepalive}
+	if d.mark != 0 {
+		nd.Control = markControl(d.mark)
+	}
 	if d.keepalive == 0 {
 		nd.KeepAlive = -1
 	}
@@ -101,6 +112,7 @@ func (d *Direct) KernelDial() (funnel.DialPolicy, bool) {
 		Timeout:   d.timeout,
 		KeepAlive: d.keepalive,
 		Source:    d.source,
+		Mark:      d.mark,
 		ErrPrefix: "direct",
 		Plain:     d.plain,
 	}, true
@@ -150,4 +162,48 @@ func (d *Direct) resolve(ctx context.Context, a funnel.Addr) (netip.AddrPort, er
 		return netip.AddrPort{}, fmt.Errorf("direct: %w", err)
 	}
 	return netip.AddrPortFrom(ips[0].Unmap(), a.Port), nil
+}
+
+// MarkEnv names the environment variable that gives every direct piece
+// without mark= its SO_MARK: a hook whose firewall rules must skip
+// funtun's own sockets (`funtun redirect --mark`) sets it for the whole
+// process, so that profiles need not each say so.
+const MarkEnv = "FUNTUN_MARK"
+
+// markParam reads mark=N, or $FUNTUN_MARK without one; mark=0 asks for no
+// mark whatever the environment says.
+func markParam(p *funnel.Params) (int, error) {
+	if p.Has("mark") {
+		v := p.String("mark", "")
+		m, err := parseMark(v)
+		if err != nil {
+			return 0, p.Errorf("mark", "%q %v", v, err)
+		}
+		if m != 0 && !markSupported {
+			return 0, p.Errorf("mark", "SO_MARK exists only on Linux")
+		}
+		return m, nil
+	}
+	v := os.Getenv(MarkEnv)
+	if v == "" {
+		return 0, nil
+	}
+	m, err := parseMark(v)
+	if err != nil {
+		return 0, p.Fail("%s=%q in the environment %v", MarkEnv, v, err)
+	}
+	if !markSupported {
+		return 0, p.Fail("%s is set, but SO_MARK exists only on Linux", MarkEnv)
+	}
+	return m, nil
+}
+
+// parseMark reads a firewall mark as nft and ip-rule write it: decimal or
+// 0x-hexadecimal, 32 bits.
+func parseMark(v string) (int, error) {
+	m, err := strconv.ParseUint(v, 0, 32)
+	if err != nil {
+		return 0, fmt.Errorf("is not a mark: a 32-bit number, decimal or 0x-hexadecimal")
+	}
+	return int(m), nil
 }

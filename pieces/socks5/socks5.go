@@ -35,6 +35,7 @@ timeout=DURATION  longest wait for the server's handshake answers, default 10s; 
 // Socks5 is a configured socks5 piece.
 type Socks5 struct {
 	server     funnel.Addr
+	serverName string // server as text, worded once and not per flow
 	user, pass string
 	timeout    time.Duration
 }
@@ -57,6 +58,7 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	if s.server.Port == 0 {
 		return nil, p.Errorf("server", "port 0 is not a server's port")
 	}
+	s.serverName = s.server.String()
 	s.user, s.pass = p.String("user", ""), p.String("pass", "")
 	switch {
 	case len(s.user) > 255:
@@ -120,12 +122,12 @@ func (s *Socks5) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Nex
 // returns the server's bound address, within the timeout and the context.
 func (s *Socks5) handshake(ctx context.Context, conn net.Conn, cmd byte, dest funnel.Addr) (funnel.Addr, error) {
 	var deadline time.Time
-	limit := fmt.Sprintf("within timeout=%s", s.timeout)
+	flowDeadline := false
 	if s.timeout > 0 {
 		deadline = time.Now().Add(s.timeout)
 	}
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline, limit = d, "before the flow's deadline"
+		deadline, flowDeadline = d, true
 	}
 	conn.SetDeadline(deadline)
 	// A cancelled flow must not wait for a silent server: a deadline in the
@@ -136,6 +138,10 @@ func (s *Socks5) handshake(ctx context.Context, conn net.Conn, cmd byte, dest fu
 		return funnel.Addr{}, fmt.Errorf("socks5 server %s: %w", s.server, ctx.Err())
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		limit := fmt.Sprintf("within timeout=%s", s.timeout)
+		if flowDeadline {
+			limit = "before the flow's deadline"
+		}
 		return funnel.Addr{}, funnel.Errorf(funnel.KindTimeout, "socks5 server %s: no answer to the handshake %s", s.server, limit)
 	}
 	if err != nil {
@@ -180,7 +186,7 @@ func (s *Socks5) negotiate(conn net.Conn, cmd byte, dest funnel.Addr) (funnel.Ad
 	if _, err := conn.Write(req); err != nil {
 		return funnel.Addr{}, fmt.Errorf("socks5 server %s: %w", s.server, err)
 	}
-	return readReply(conn, s.server.String(), what)
+	return readReply(conn, s.serverName, what)
 }
 
 func (s *Socks5) authenticate(conn net.Conn) error {

@@ -32,19 +32,29 @@ func passwordRequest(user, pass string) []byte {
 
 // request is a CONNECT or UDP ASSOCIATE request, and how error messages
 // name it.
-func request(cmd byte, dest funnel.Addr) ([]byte, string, error) {
-	what := "CONNECT " + dest.String()
-	if cmd == socks5wire.CmdUDPAssociate {
-		what = "UDP ASSOCIATE"
-	}
+func request(cmd byte, dest funnel.Addr) ([]byte, asked, error) {
 	b, err := socks5wire.AppendAddr([]byte{socks5wire.Version, cmd, 0}, dest)
-	return b, what, err
+	return b, asked{cmd: cmd, dest: dest}, err
+}
+
+// asked names a request in an error message. It is worded only when an
+// error is: a request that succeeds costs no string.
+type asked struct {
+	cmd  byte
+	dest funnel.Addr
+}
+
+func (a asked) String() string {
+	if a.cmd == socks5wire.CmdUDPAssociate {
+		return "UDP ASSOCIATE"
+	}
+	return "CONNECT " + a.dest.String()
 }
 
 // replyError says a failure reply in the funnel's kinds, which use RFC
 // 1928's numbering, so a SOCKS hook above this piece can pass the
 // upstream's code on unchanged.
-func replyError(server string, code byte, what string) error {
+func replyError(server string, code byte, what asked) error {
 	if code == socks5wire.ReplySucceeded {
 		return nil
 	}
@@ -58,10 +68,13 @@ func replyError(server string, code byte, what string) error {
 // readReply reads a reply's fixed part, then its address, and returns the
 // bound address. It reads exactly the reply, so nothing of the data that
 // follows is taken from the connection.
-func readReply(r io.Reader, server, what string) (funnel.Addr, error) {
+func readReply(r io.Reader, server string, what asked) (funnel.Addr, error) {
 	// VER REP RSV, then ATYP and the address's first byte (a name's
-	// length), then the rest of the address and the port.
-	var buf [socks5wire.MaxReply]byte
+	// length), then the rest of the address and the port. Servers answer
+	// with an IP address (a name is rare): the buffer is sized for IPv6,
+	// and a longer one is made only for a name.
+	var small [3 + 1 + 16 + 2]byte
+	buf := small[:]
 	if _, err := io.ReadFull(r, buf[:5]); err != nil {
 		return funnel.Addr{}, fmt.Errorf("socks5 server %s: reading the reply: %w", server, err)
 	}
@@ -74,6 +87,10 @@ func readReply(r io.Reader, server, what string) (funnel.Addr, error) {
 	n, ok := socks5wire.AddrLen(buf[3], buf[4])
 	if !ok {
 		return funnel.Addr{}, funnel.Errorf(funnel.KindGeneral, "socks5 server %s: reply has address type %d", server, buf[3])
+	}
+	if 3+n > len(buf) {
+		buf = make([]byte, 3+n)
+		copy(buf, small[:5])
 	}
 	if _, err := io.ReadFull(r, buf[5:3+n]); err != nil {
 		return funnel.Addr{}, fmt.Errorf("socks5 server %s: reading the reply: %w", server, err)

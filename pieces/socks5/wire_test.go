@@ -40,7 +40,7 @@ func scriptedServer(t *testing.T, conn net.Conn, steps [][2][]byte) <-chan error
 }
 
 func TestHandshakeBytes(t *testing.T) {
-	s := &Socks5{server: funnel.MakeAddr("127.0.0.1", 1080), user: "alice", pass: "secret", timeout: 5 * time.Second}
+	s := &Socks5{server: funnel.MakeAddr("127.0.0.1", 1080), serverName: "127.0.0.1:1080", user: "alice", pass: "secret", timeout: 5 * time.Second}
 	client, server := net.Pipe()
 	defer client.Close()
 	done := scriptedServer(t, server, [][2][]byte{
@@ -94,7 +94,7 @@ func TestRequestEncoding(t *testing.T) {
 func TestReplyCodes(t *testing.T) {
 	for code := byte(1); code <= 9; code++ {
 		reply := []byte{5, code, 0, 1, 0, 0, 0, 0, 0, 0}
-		_, err := readReply(bytes.NewReader(reply), "s", "CONNECT x:1")
+		_, err := readReply(bytes.NewReader(reply), "s", asked{cmd: socks5wire.CmdConnect, dest: funnel.MakeAddr("x", 1)})
 		want := funnel.Kind(code)
 		if code == 9 {
 			want = funnel.KindGeneral
@@ -105,7 +105,7 @@ func TestReplyCodes(t *testing.T) {
 	}
 	// The reply must be consumed exactly, leaving the stream's first byte.
 	r := bytes.NewReader([]byte{5, 0, 0, 3, 1, 'h', 0, 7, 'X'})
-	a, err := readReply(r, "s", "CONNECT x:1")
+	a, err := readReply(r, "s", asked{cmd: socks5wire.CmdConnect, dest: funnel.MakeAddr("x", 1)})
 	if err != nil || a != funnel.MakeAddr("h", 7) {
 		t.Fatalf("reply: %v, %v", a, err)
 	}
