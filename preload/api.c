@@ -6,7 +6,7 @@
  * connects or listens on the program's own socket, which the program
  * keeps — an ordinary descriptor for its own poll/epoll loop.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 #include "include/funtun.h"
 
 #include <arpa/inet.h>

@@ -6,7 +6,7 @@
  * and SO_ERROR behave as they always do. getpeername() then tells the
  * destination the program asked for. close/dup keep the bookkeeping true.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

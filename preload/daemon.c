@@ -4,7 +4,7 @@
  * page through which the daemon withdraws the plain-direct fast path's
  * standing permission at every reload.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>

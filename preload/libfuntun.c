@@ -15,7 +15,7 @@
  *    moved above the low numbers, and checked by inode before every use
  *    in case the program closed or reused the number.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>

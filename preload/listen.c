@@ -8,7 +8,7 @@
  * getsockname() the public address. Connections to the hidden port that
  * did not come through the funnel are turned away.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

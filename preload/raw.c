@@ -14,7 +14,7 @@
  * Raw sockets of other families stay untouched: AF_NETLINK sockets are
  * SOCK_RAW too, and the C library's own getaddrinfo uses them.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <errno.h>
 #include <string.h>

@@ -10,7 +10,7 @@
  * Fail closed: when the funnel cannot be reached, lookups fail with
  * EAI_AGAIN / TRY_AGAIN; nothing falls back to the system resolver.
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -12,7 +12,7 @@
  * sendto with MSG_FASTOPEN on a TCP socket is a connect in disguise and
  * goes through connect().
  */
-#include "funtun.h"
+#include "ft_internal.h"
 
 #include <errno.h>
 #include <string.h>

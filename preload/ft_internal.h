@@ -1,9 +1,9 @@
 /*
- * funtun.h — shared inside libfuntun.so only: the real libc symbols, the
+ * ft_internal.h — shared inside libfuntun.so only: the real libc symbols, the
  * control connection to the funnel, and the per-descriptor bookkeeping.
  */
-#ifndef FUNTUN_H
-#define FUNTUN_H
+#ifndef FT_INTERNAL_H
+#define FT_INTERNAL_H
 
 #define _GNU_SOURCE
 #include <netdb.h>
