@@ -14,6 +14,9 @@
 #   BENCH_ROUNDS    rounds of all runs, interleaved; the table shows the median (default 3)
 #   BENCH_CC        TCP congestion control of all three namespaces, e.g. cubic
 #                   (default: what new namespaces get, the system's)
+#   BENCH_CHAIN     funtun redirect's chain (default "direct"); e.g.
+#                   "direct congestion=reno" so that its upstream socket does
+#                   not pace again what the client already paces
 #   FUNTUN_BIN      use this binary instead of building bin/funtun
 #   BENCH_CSV       also write the raw results (one line per run) to this file
 set -euo pipefail
@@ -22,6 +25,7 @@ seconds=${BENCH_SECONDS:-5}
 streams=${BENCH_STREAMS:-1}
 rounds=${BENCH_ROUNDS:-3}
 cc=${BENCH_CC:-}
+chain=${BENCH_CHAIN:-direct}
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=redirect.sh
 . "$(dirname "$0")/lib.sh"
@@ -84,7 +88,7 @@ lifetime=$((rounds * 3 * nstreams * (seconds + 15) + 60))
 for p in $direct_port $funtun_port $redsocks_port; do
 	start "iperf3-$p" ip netns exec "$s" iperf3 -s -B 10.200.2.2 -p "$p"
 done
-start funtun ip netns exec "$g" "$funtun" redirect --listen 10.200.1.1:7474 profile=direct
+start funtun ip netns exec "$g" "$funtun" redirect --listen 10.200.1.1:7474 "chain=$chain"
 start microsocks ip netns exec "$g" microsocks -i 127.0.0.1 -p 1080
 cat >"$work/redsocks.conf" <<EOF
 base { log_debug = off; log_info = off; log = stderr; daemon = off; redirector = iptables; }
@@ -136,7 +140,7 @@ EOF
 
 read -r load1 load5 _ </proc/loadavg
 echo "$me: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, across a gateway namespace" >&2
-header="$(nproc) CPUs, load $load1 $load5, congestion control: $(ip netns exec "$g" cat /proc/sys/net/ipv4/tcp_congestion_control), $(uname -r)"
+header="$(nproc) CPUs, load $load1 $load5, congestion control: $(ip netns exec "$g" cat /proc/sys/net/ipv4/tcp_congestion_control), funtun chain='$chain', $(uname -r)"
 for ((r = 1; r <= rounds; r++)); do
 	for n in $streams; do
 		rotate "$r" direct funtun redsocks

@@ -729,6 +729,12 @@ func (ev *eventLoop) dial(c *loopConn, remote, dest netip.AddrPort, pl *Pipeline
 			return
 		}
 	}
+	if pol.Congestion != "" {
+		if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, pol.Congestion); err != nil {
+			ev.dialFailed(c, os.NewSyscallError("setsockopt TCP_CONGESTION "+pol.Congestion, err))
+			return
+		}
+	}
 	if pol.Source.IsValid() {
 		if err := sysBind(fd, netip.AddrPortFrom(pol.Source, 0)); err != nil {
 			ev.dialFailed(c, os.NewSyscallError("bind", err))

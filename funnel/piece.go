@@ -233,6 +233,10 @@ type DialPolicy struct {
 	KeepAliveLoopback bool
 	Source            netip.Addr // local address to bind first, if valid
 	Mark              int        // SO_MARK, if not 0
+	// Congestion is the TCP congestion control of the dialed socket
+	// (TCP_CONGESTION), if not "": a relay on a gateway may not want its
+	// upstream to pace a flow the client already paces.
+	Congestion string
 	// ErrPrefix starts the piece's dial errors ("direct"), so the fast
 	// path's errors read as the piece's own.
 	ErrPrefix string

@@ -23,7 +23,8 @@ func init() {
 timeout=DURATION connect timeout, default 10s
 fallback=DURATION Happy Eyeballs delay before trying the other address family, default 300ms
 keepalive=DURATION TCP keepalive period, default 15s; 0 turns it off
-mark=N           SO_MARK of every socket it opens (Linux; 0x… or decimal), so firewall rules can skip them; default $FUNTUN_MARK, else none`,
+mark=N           SO_MARK of every socket it opens (Linux; 0x… or decimal), so firewall rules can skip them; default $FUNTUN_MARK, else none
+congestion=NAME  TCP congestion control of its TCP sockets (Linux), e.g. reno or cubic; default the system's`,
 		EndsChains: true,
 		Curves:     curves,
 		New:        New,
@@ -37,7 +38,8 @@ type Direct struct {
 	fallback  time.Duration
 	keepalive time.Duration
 	mark      int
-	plain     bool // nothing configured: no parameters, no FUNTUN_MARK
+	cc        string // TCP congestion control, "" for the system's
+	plain     bool   // nothing configured: no parameters, no FUNTUN_MARK
 	// The dialers, made once: net.Dialer is safe for concurrent use, and
 	// a flow should not leave one behind as garbage.
 	tcp, tcpLocal, udp *net.Dialer
@@ -48,6 +50,9 @@ func New(p *funnel.Params, _ funnel.Builder) (funnel.Piece, error) {
 	d := &Direct{}
 	var err error
 	if d.mark, err = markParam(p); err != nil {
+		return nil, err
+	}
+	if d.cc, err = congestionParam(p); err != nil {
 		return nil, err
 	}
 	d.plain = p.Len() == 0 && d.mark == 0
@@ -80,8 +85,12 @@ var curves = []funnel.Curve{{App: funnel.Stream, Net: funnel.Kernel}, {App: funn
 
 func (d *Direct) dialer(network string) *net.Dialer {
 	nd := &net.Dialer{Timeout: d.timeout, FallbackDelay: d.fallback, KeepAlive: d.keepalive}
-	if d.mark != 0 {
-		nd.Control = markControl(d.mark)
+	cc := d.cc
+	if network != "tcp" {
+		cc = ""
+	}
+	if d.mark != 0 || cc != "" {
+		nd.Control = sockControl(d.mark, cc)
 	}
 	if d.keepalive == 0 {
 		nd.KeepAlive = -1
@@ -109,12 +118,13 @@ var (
 // addresses only.)
 func (d *Direct) KernelDial() (funnel.DialPolicy, bool) {
 	return funnel.DialPolicy{
-		Timeout:   d.timeout,
-		KeepAlive: d.keepalive,
-		Source:    d.source,
-		Mark:      d.mark,
-		ErrPrefix: "direct",
-		Plain:     d.plain,
+		Timeout:    d.timeout,
+		KeepAlive:  d.keepalive,
+		Source:     d.source,
+		Mark:       d.mark,
+		Congestion: d.cc,
+		ErrPrefix:  "direct",
+		Plain:      d.plain,
 	}, true
 }
 

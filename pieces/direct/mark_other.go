@@ -2,10 +2,23 @@
 
 package direct
 
-import "syscall"
+import (
+	"syscall"
 
-// SO_MARK is Linux's; New refuses mark= elsewhere, so markControl is
-// never reached.
+	"github.com/funtun/funtun/funnel"
+)
+
+// SO_MARK and TCP_CONGESTION are set the Linux way; New refuses mark=
+// and congestion= elsewhere, so sockControl is never reached.
 const markSupported = false
 
-func markControl(int) func(network, address string, c syscall.RawConn) error { return nil }
+func sockControl(int, string) func(network, address string, c syscall.RawConn) error { return nil }
+
+// congestionParam refuses congestion=: TCP_CONGESTION is set the Linux
+// way only.
+func congestionParam(p *funnel.Params) (string, error) {
+	if cc := p.String("congestion", ""); cc != "" {
+		return "", p.Errorf("congestion", "choosing the congestion control is supported on Linux only")
+	}
+	return "", nil
+}
