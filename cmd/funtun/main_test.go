@@ -226,3 +226,17 @@ func TestUnknownOption(t *testing.T) {
 		t.Errorf("bad log format: exit %d\n%s", code, out)
 	}
 }
+
+// A bad option gets one line naming it and a pointer to --help, not the
+// whole usage text.
+func TestBadOptionIsOneLine(t *testing.T) {
+	_, env := testutil.ProfileDir(t)
+	out, code := funtun(t, env, "forward", "--bogus")
+	if code != 2 || strings.Count(out, "-bogus") != 1 || !strings.Contains(out, "see `funtun forward --help`") || strings.Contains(out, "Options:") {
+		t.Errorf("funtun forward --bogus: exit %d\n%s", code, out)
+	}
+	out, code = funtun(t, env, "forward", "--help")
+	if code != 0 || !strings.Contains(out, "Options:") {
+		t.Errorf("funtun forward --help: exit %d\n%s", code, out)
+	}
+}

@@ -121,16 +121,23 @@ func (env *Env) Usagef(cmd, format string, args ...any) int {
 }
 
 // FlagSet makes a flag set whose -h/--help prints the command's Usage text
-// and whose errors point at --help.
+// and whose errors point at --help (the flag package would print the whole
+// usage after every error, burying the one line that matters).
 func (env *Env) FlagSet(c *Command) *flag.FlagSet {
 	fs := flag.NewFlagSet(c.Name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
+	errOut := &errRecorder{}
+	fs.SetOutput(errOut)
 	fs.Usage = func() {
+		if errOut.wrote {
+			// An error was just printed: the caller points at --help.
+			errOut.wrote = false
+			return
+		}
 		fmt.Fprintln(env.Stdout, strings.TrimRight(c.Usage, "\n"))
 		fmt.Fprintln(env.Stdout, "\nOptions:")
 		fs.SetOutput(env.Stdout)
 		fs.PrintDefaults()
-		fs.SetOutput(env.Stderr)
+		fs.SetOutput(errOut)
 	}
 	if c.Daemon {
 		fs.String(pprofFlag, "", "serve Go's profiler (net/http/pprof) on this loopback `ADDR`, e.g. 127.0.0.1:6060, while running")
@@ -165,6 +172,18 @@ func (env *Env) ParseFlags(fs *flag.FlagSet, args []string) (sel funnel.Selector
 	}
 	env.sel = &sel
 	return sel, rest, false, env.startPprof(fs)
+}
+
+// errRecorder takes the flag package's own error line, which every caller
+// prints itself with the command's name (Usagef), and notes that it came,
+// so that the usage the package asks for next can be left out.
+type errRecorder struct {
+	wrote bool
+}
+
+func (r *errRecorder) Write(p []byte) (int, error) {
+	r.wrote = true
+	return len(p), nil
 }
 
 // StringList is a repeatable string flag.
