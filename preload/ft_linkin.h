@@ -18,6 +18,12 @@
 
 #define FT_LINKIN 1
 
+#define __res_nquery __wrap___res_nquery
+#define __res_nquerydomain __wrap___res_nquerydomain
+#define __res_nsearch __wrap___res_nsearch
+#define __res_query __wrap___res_query
+#define __res_querydomain __wrap___res_querydomain
+#define __res_search __wrap___res_search
 #define accept __wrap_accept
 #define accept4 __wrap_accept4
 #define bind __wrap_bind
@@ -28,7 +34,11 @@
 #define dup3 __wrap_dup3
 #define fcntl __wrap_fcntl
 #define fcntl64 __wrap_fcntl64
+#define gai_cancel __wrap_gai_cancel
+#define gai_error __wrap_gai_error
+#define gai_suspend __wrap_gai_suspend
 #define getaddrinfo __wrap_getaddrinfo
+#define getaddrinfo_a __wrap_getaddrinfo_a
 #define gethostbyaddr __wrap_gethostbyaddr
 #define gethostbyaddr_r __wrap_gethostbyaddr_r
 #define gethostbyname __wrap_gethostbyname
@@ -42,6 +52,12 @@
 #define recvfrom __wrap_recvfrom
 #define recvmmsg __wrap_recvmmsg
 #define recvmsg __wrap_recvmsg
+#define res_nquery __wrap_res_nquery
+#define res_nquerydomain __wrap_res_nquerydomain
+#define res_nsearch __wrap_res_nsearch
+#define res_query __wrap_res_query
+#define res_querydomain __wrap_res_querydomain
+#define res_search __wrap_res_search
 #define sendmmsg __wrap_sendmmsg
 #define sendmsg __wrap_sendmsg
 #define sendto __wrap_sendto

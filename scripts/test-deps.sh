@@ -10,7 +10,7 @@ pkgs=(
   "dnsutils:dig" "nodejs:node" "python3-socks:/usr/lib/python3/dist-packages/socks.py"
   "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
   "nftables:nft" "iptables:iptables-nft" "strace:strace" "haproxy:haproxy" "iputils-ping:ping"
-  "ucspi-tcp:tcpserver" "xinetd:xinetd" "redsocks:redsocks"
+  "ucspi-tcp:tcpserver" "xinetd:xinetd" "redsocks:redsocks" "wget2:wget2" "liburing-dev:/usr/include/liburing.h"
 )
 missing=()
 for p in "${pkgs[@]}"; do

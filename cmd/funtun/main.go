@@ -56,7 +56,7 @@ func run(args []string) int {
 			selWords, args = append(selWords, opt[2:]+"="+args[1]), args[2:]
 		case strings.HasPrefix(opt, "--profile="), strings.HasPrefix(opt, "--chain="):
 			selWords, args = append(selWords, opt[2:]), args[1:]
-		case opt == "--allow-unhooked", opt == "--allow-raw":
+		case opt == "--allow-unhooked", opt == "--allow-raw", opt == "--allow-io-uring":
 			// A launcher option; the launcher reads it itself.
 			launcherArgs = true
 		default:

@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] [--allow-raw] PROGRAM [ARGS…]
+const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] [--allow-raw] [--allow-io-uring] PROGRAM [ARGS…]
 funtun [global options] [profile=NAME | chain='…'] [--allow-…] -- PROGRAM [ARGS…]
 
 Runs PROGRAM with its network traffic passed through the profile (default:
@@ -47,6 +47,17 @@ Raw IP, packet and ICMP echo ("ping") sockets carry packets that no piece
 of the profile could see, so the program cannot make them (EACCES,
 "Permission denied"). --allow-raw lets it make them, and their packets
 leave outside the funnel.
+
+io_uring carries connections the library cannot see, so the program runs
+under a seccomp filter in which io_uring_setup, io_uring_enter and
+io_uring_register fail with ENOSYS, as on a kernel without io_uring:
+liburing users and runtimes fall back to the ordinary calls the library
+hooks. The filter needs "no new privileges": a set-user-ID or
+file-capability program that the program starts (sudo, su, ping as a
+user) does not gain its privileges. --allow-io-uring runs the program
+without the filter, with a warning: its io_uring traffic bypasses the
+funnel. When the kernel cannot install the filter, funtun refuses to
+start the program unless --allow-io-uring is given.
 
 --debug logs every flow: one the funnel relayed with its byte counts, one
 handed off to the program's own socket ("flow handed off") or connected
@@ -81,6 +92,7 @@ type launchArgs struct {
 	sel           funnel.Selector
 	allowUnhooked bool
 	allowRaw      bool
+	allowIOUring  bool
 	program       string
 	args          []string
 }
@@ -104,6 +116,8 @@ func parseLaunch(args []string) (launchArgs, bool, error) {
 			la.allowUnhooked = true
 		case a == "--allow-raw":
 			la.allowRaw = true
+		case a == "--allow-io-uring":
+			la.allowIOUring = true
 		case strings.HasPrefix(a, "profile=") || strings.HasPrefix(a, "chain="):
 			sel, rest, err := funnel.TakeSelector([]string{a})
 			if err != nil {
@@ -214,7 +228,12 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 	if la.allowRaw {
 		environ = append(environ, "FUNTUN_ALLOW_RAW=1")
 	}
-	code := supervise(env, path, append([]string{la.program}, la.args...), append(environ, inherited.env()...), inherited)
+	start := startWithoutIOUring
+	if la.allowIOUring {
+		env.Log.Warn("io_uring allowed (--allow-io-uring): connections the program makes through io_uring bypass the funnel and its profile", "program", path)
+		start = func(f func() (*os.Process, error)) (*os.Process, error) { return f() }
+	}
+	code := supervise(env, path, append([]string{la.program}, la.args...), append(environ, inherited.env()...), inherited, start)
 	srv.waitIdle(250 * time.Millisecond)
 	return code
 }
@@ -306,7 +325,7 @@ var terminalSignals = map[os.Signal]bool{syscall.SIGINT: true, syscall.SIGQUIT: 
 // supervise runs the program in our own process group (it keeps the
 // terminal: no new group, no new session), passes signals on, follows it
 // into job-control stops, and returns its exit status.
-func supervise(env *cli.Env, path string, argv, environ []string, inherited *inheritedSockets) int {
+func supervise(env *cli.Env, path string, argv, environ []string, inherited *inheritedSockets, start func(func() (*os.Process, error)) (*os.Process, error)) int {
 	sigs := make(chan os.Signal, 16)
 	// Caught, not ignored: a caught signal is back to its default in the
 	// program after exec, an ignored one stays ignored there.
@@ -325,10 +344,17 @@ func supervise(env *cli.Env, path string, argv, environ []string, inherited *inh
 		// program's pid before it execs the program.
 		exe, args = activate.StepArgs(path, argv)
 	}
-	proc, err := os.StartProcess(exe, args, &os.ProcAttr{
-		Env:   environ,
-		Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, inherited.files()...),
+	proc, err := start(func() (*os.Process, error) {
+		return os.StartProcess(exe, args, &os.ProcAttr{
+			Env:   environ,
+			Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, inherited.files()...),
+		})
 	})
+	var noFilter errNoFilter
+	if errors.As(err, &noFilter) {
+		fmt.Fprintf(env.Stderr, "funtun: %v\nfuntun: refusing to run %s, since its io_uring traffic would bypass the funnel (--allow-io-uring runs it without the filter)\n", noFilter, path)
+		return 126
+	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: cannot start %s: %v\n", path, errors.Unwrap(err))
 		if errors.Is(err, fs.ErrNotExist) {
