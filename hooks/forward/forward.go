@@ -148,13 +148,13 @@ func openListen(listen string, udp bool) ([]net.Listener, []*net.UDPConn, error)
 		if udp {
 			pc, err := net.ListenPacket("udp", listen)
 			if err != nil {
-				return nil, nil, fmt.Errorf("cannot listen on udp %s: %v", listen, unwrapSyscall(err))
+				return nil, nil, fmt.Errorf("cannot listen on udp %s: %v", listen, netx.OpCause(err))
 			}
 			return nil, []*net.UDPConn{pc.(*net.UDPConn)}, nil
 		}
 		l, err := net.Listen("tcp", listen)
 		if err != nil {
-			return nil, nil, fmt.Errorf("cannot listen on tcp %s: %v", listen, unwrapSyscall(err))
+			return nil, nil, fmt.Errorf("cannot listen on tcp %s: %v", listen, netx.OpCause(err))
 		}
 		return []net.Listener{l}, nil, nil
 	}
@@ -214,14 +214,6 @@ func serveAll(ctx context.Context, serve []func() error) error {
 		}
 	}
 	return first
-}
-
-func unwrapSyscall(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		return op.Err
-	}
-	return err
 }
 
 // ServeTCP accepts until ctx ends or the listener fails. With a profile

@@ -3,7 +3,6 @@
 package inetd
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -77,14 +76,14 @@ func (srv *Server) openSocket(l *Line) (*socket, error) {
 	if l.Stream {
 		ln, err := lc.Listen(srv.ctx, l.Network, addr)
 		if err != nil {
-			return nil, fmt.Errorf("cannot listen on %s %s: %v", l.Network, addr, unwrapOp(err))
+			return nil, fmt.Errorf("cannot listen on %s %s: %v", l.Network, addr, netx.OpCause(err))
 		}
 		defer ln.Close()
 		return ownSocket(ln.(*net.TCPListener), ln.Addr(), nil)
 	}
 	pc, err := lc.ListenPacket(srv.ctx, l.Network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot bind %s %s: %v", l.Network, addr, unwrapOp(err))
+		return nil, fmt.Errorf("cannot bind %s %s: %v", l.Network, addr, netx.OpCause(err))
 	}
 	defer pc.Close()
 	return ownSocket(pc.(*net.UDPConn), pc.LocalAddr(), nil)
@@ -155,12 +154,4 @@ func (srv *Server) passedFor(l *Line) *sdactivate.Socket {
 		}
 	}
 	return nil
-}
-
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		return op.Err
-	}
-	return err
 }

@@ -197,7 +197,7 @@ func (rd *Redirector) listenTCP(ctx context.Context, addr string) (net.Listener,
 	lc := net.ListenConfig{Control: rd.control(false)}
 	l, err := lc.Listen(ctx, listenNetwork("tcp", addr), addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on tcp %s: %v", addr, unwrapOp(err))
+		return nil, fmt.Errorf("cannot listen on tcp %s: %v", addr, netx.OpCause(err))
 	}
 	return l, nil
 }
@@ -206,7 +206,7 @@ func (rd *Redirector) listenUDP(ctx context.Context, addr string) (*net.UDPConn,
 	lc := net.ListenConfig{Control: rd.control(true)}
 	pc, err := lc.ListenPacket(ctx, listenNetwork("udp", addr), addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on udp %s: %v", addr, unwrapOp(err))
+		return nil, fmt.Errorf("cannot listen on udp %s: %v", addr, netx.OpCause(err))
 	}
 	return pc.(*net.UDPConn), nil
 }
@@ -276,14 +276,6 @@ func (rd *Redirector) adopt(spec string, s *sdactivate.Socket) (net.Listener, *n
 		return nil, nil, fmt.Errorf("--listen %s: passed %s: %v (set Transparent=yes in the .socket unit)", spec, s, err)
 	}
 	return nil, uc, nil
-}
-
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		return op.Err
-	}
-	return err
 }
 
 // ServeTCP accepts redirected connections until ctx ends or l fails. With
@@ -632,7 +624,7 @@ func (rd *Redirector) replySocket(ctx context.Context, dst netip.AddrPort) (*net
 	}
 	pc, err := lc.ListenPacket(ctx, network, dst.String())
 	if err != nil {
-		return nil, fmt.Errorf("cannot send replies from %s (a transparent socket bound there): %v", dst, unwrapOp(err))
+		return nil, fmt.Errorf("cannot send replies from %s (a transparent socket bound there): %v", dst, netx.OpCause(err))
 	}
 	return pc.(*net.UDPConn), nil
 }

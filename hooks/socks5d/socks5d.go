@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/funtun/funtun/internal/netx"
 	"net"
 	"net/netip"
 	"os"
@@ -177,7 +178,7 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 		l, err := lc.Listen(ctx, listenNetwork(addr), addr)
 		if err != nil {
 			closeAll()
-			return env.Errorf("socks5d", "cannot listen on %s: %v", addr, unwrapOp(err))
+			return env.Errorf("socks5d", "cannot listen on %s: %v", addr, netx.OpCause(err))
 		}
 		ls = append(ls, l)
 		named = append(named, addr)
@@ -417,14 +418,6 @@ func runAddUser(env *cli.Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "%s user %s in %s\n", verb, user, file)
 	}
 	return 0
-}
-
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		return op.Err
-	}
-	return err
 }
 
 func unwrapPath(err error) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/funtun/funtun/internal/netx"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -55,7 +56,7 @@ func (env *Env) ServePprof(addr string) error {
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("--%s %s: cannot listen: %v", pprofFlag, addr, unwrapOp(err))
+		return fmt.Errorf("--%s %s: cannot listen: %v", pprofFlag, addr, netx.OpCause(err))
 	}
 	// A mux of its own: net/http/pprof also registers on
 	// http.DefaultServeMux, which nothing in funtun serves.
@@ -86,11 +87,4 @@ func (env *Env) StopPprof() {
 		env.pprof.Close()
 	}
 	env.pprof = nil
-}
-
-func unwrapOp(err error) error {
-	if op, ok := err.(*net.OpError); ok && op.Err != nil {
-		return op.Err
-	}
-	return err
 }
