@@ -70,7 +70,7 @@ static long long coarse_now(void)
 
 /* fast_path_ok: the connect may skip the round trip — plain direct is
  * remembered, the address is literal (a synthetic one needs the funnel's
- * table), and the funnel is still there (if it is gone, the normal path
+ * table) and not a DNS server's port, and the funnel is still there (if it is gone, the normal path
  * fails closed). */
 static int fast_path_ok(int type, int proto, const struct sockaddr *sa, socklen_t len)
 {
@@ -81,6 +81,14 @@ static int fast_path_ok(int type, int proto, const struct sockaddr *sa, socklen_
 	if (now < 0 || now >= until)
 		return 0;
 	if (ft_is_synthetic(sa, len))
+		return 0;
+	/* DNS to the system's resolvers is answered in the funnel, so that
+	 * a program's own resolver (c-ares, dig) leaks no query: ask. */
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in) &&
+	    ((const struct sockaddr_in *)sa)->sin_port == htons(53))
+		return 0;
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
+	    ((const struct sockaddr_in6 *)sa)->sin6_port == htons(53))
 		return 0;
 	if (type == SOCK_DGRAM) {
 		/* Anything but UDP: the funnel says what becomes of it. */

@@ -129,6 +129,9 @@ func (s *Server) connectVia(ctx context.Context, p *peer, req request, fd int) (
 		s.Log.Warn("preload: refused a connect the funnel cannot carry", "pid", p.pid, "type", sotype, "protocol", proto, "dst", ap.String())
 		return unix.EACCES, nil
 	}
+	if isSystemResolver(ap) {
+		return s.connectDNS(ctx, p, fd, family, sotype), nil
+	}
 	dest, err := s.destination(ap)
 	if err != nil {
 		return errnoOf(err), nil

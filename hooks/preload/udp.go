@@ -51,6 +51,10 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 		resp.setErr(int32(unix.EAFNOSUPPORT))
 		return
 	}
+	if isSystemResolver(ap) {
+		s.dnsAssoc(ctx, p, fd, family, resp)
+		return
+	}
 	dest, err := s.destination(ap)
 	if err != nil {
 		resp.setErr(int32(errnoOf(err)))
