@@ -454,3 +454,31 @@ func TestExampleProgram(t *testing.T) {
 		t.Fatalf("the example printed %q", out)
 	}
 }
+
+// A destination's datagram flow ends, with its line, once idle.
+func TestListenPacketIdleEnds(t *testing.T) {
+	echo := testutil.UDPEchoServer(t)
+	logs := &testutil.LogBuffer{}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "names.profile"), "hosts echo.test=127.0.0.1\n")
+	fn, err := New(Options{Dirs: []string{dir}, DatagramIdle: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := fn.ListenPacket(ctx5(t), "names", "udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	to := NameAddr("udp", fmt.Sprintf("echo.test:%d", echo.Port))
+	if _, err := pc.WriteTo([]byte("ping"), to); err != nil {
+		t.Fatal(err)
+	}
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := pc.ReadFrom(make([]byte, 16)); err != nil {
+		t.Fatal(err)
+	}
+	// Still open: the flow line comes from the idle end, not from Close.
+	waitLog(t, logs, "msg=flow", "net=udp", "up=4", "down=4")
+}

@@ -8,10 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
+	"github.com/funtun/funtun/internal/netx"
 )
 
 // inboxSize bounds the datagrams received and not yet read: past it the
@@ -73,7 +73,6 @@ func (fn *Funnel) ListenPacket(ctx context.Context, template, network, address s
 		closed:   make(chan struct{}),
 		wake:     make(chan struct{}),
 	}
-	go pc.sweep()
 	return pc, nil
 }
 
@@ -104,12 +103,15 @@ type session struct {
 	flow *funnel.Flow
 	dg   funnel.DgramConn
 	addr net.Addr
-	last atomic.Int64 // unix nanoseconds of the last datagram either way
-	once sync.Once
+	// stopIdle ends the watch that ends the session after DatagramIdle
+	// without a datagram either way.
+	stopIdle func()
+	once     sync.Once
 }
 
 func (s *session) end(err error) {
 	s.once.Do(func() {
+		s.stopIdle()
 		s.dg.Close()
 		s.run.End(err)
 	})
@@ -138,7 +140,6 @@ func (pc *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, opErr(err)
 	}
 	s.flow.Up.Add(int64(n))
-	s.last.Store(time.Now().UnixNano())
 	return n, nil
 }
 
@@ -174,8 +175,7 @@ func (pc *packetConn) session(addr net.Addr) (*session, error) {
 		r.End(err)
 		return nil, err
 	}
-	s := &session{run: r, flow: f, dg: dg, addr: addr}
-	s.last.Store(time.Now().UnixNano())
+	s := &session{run: r, flow: f, dg: dg, addr: addr, stopIdle: func() {}}
 	pc.mu.Lock()
 	if other, ok := pc.sessions[key]; ok {
 		// Another writer started one meanwhile: keep the first.
@@ -192,6 +192,7 @@ func (pc *packetConn) session(addr net.Addr) (*session, error) {
 	default:
 	}
 	pc.sessions[key] = s
+	s.stopIdle = netx.IdleWatch(pc.fn.opts.DatagramIdle, func() int64 { return f.Up.Load() + f.Down.Load() }, func() { pc.drop(s, nil) })
 	pc.mu.Unlock()
 	go pc.receive(s)
 	return s, nil
@@ -205,7 +206,6 @@ func (pc *packetConn) receive(s *session) {
 			return
 		}
 		s.flow.Down.Add(int64(fr.Len()))
-		s.last.Store(time.Now().UnixNano())
 		select {
 		case pc.inbox <- datagram{fr, s.addr}:
 		default:
@@ -226,31 +226,6 @@ func (pc *packetConn) drop(s *session, err error) {
 		err = nil
 	}
 	s.end(err)
-}
-
-// sweep ends sessions idle for a whole period.
-func (pc *packetConn) sweep() {
-	period := pc.fn.opts.DatagramIdle
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-pc.closed:
-			return
-		case now := <-t.C:
-			var idle []*session
-			pc.mu.Lock()
-			for _, s := range pc.sessions {
-				if now.Sub(time.Unix(0, s.last.Load())) >= period {
-					idle = append(idle, s)
-				}
-			}
-			pc.mu.Unlock()
-			for _, s := range idle {
-				pc.drop(s, nil)
-			}
-		}
-	}
 }
 
 func (pc *packetConn) ReadFrom(b []byte) (int, net.Addr, error) {

@@ -200,6 +200,40 @@ func (r *Run) Abandon() {
 	r.release()
 }
 
+// ReturnDgrams carries a datagram flow's replies back to its client: each
+// frame conn gives counts as Down and its payload goes to send, until
+// conn or send fails or no byte moved either way for idle (checked every
+// idle period; 0 never). Then it closes conn and ends the flow; an idle
+// end or a closed conn is no failure.
+func (r *Run) ReturnDgrams(conn DgramConn, idle time.Duration, send func([]byte) error) {
+	f := r.Flow
+	var idled atomic.Bool
+	stop := netx.IdleWatch(idle, func() int64 { return f.Up.Load() + f.Down.Load() }, func() {
+		idled.Store(true)
+		conn.Close()
+	})
+	var err error
+	for {
+		fr, rerr := conn.ReadFrame()
+		if rerr != nil {
+			if !idled.Load() && !errors.Is(rerr, net.ErrClosed) {
+				err = rerr
+			}
+			break
+		}
+		f.Down.Add(int64(fr.Len()))
+		werr := send(fr.Bytes())
+		fr.Release()
+		if werr != nil {
+			err = werr
+			break
+		}
+	}
+	stop()
+	conn.Close()
+	r.End(err)
+}
+
 // watchIdle closes a flow's connections once no byte moved either way for
 // a whole period. It reads the relay's counters, so the connections stay
 // unwrapped and spliceable, and holds no goroutine while it waits.

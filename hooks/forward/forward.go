@@ -6,13 +6,11 @@ package forward
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
@@ -318,7 +316,11 @@ func (fw *Forwarder) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				fw.pumpBack(pc, src, s)
+				// Replies go back to the source until the session idles.
+				s.run.ReturnDgrams(s.conn, fw.Idle, func(b []byte) error {
+					_, err := pc.WriteToUDPAddrPort(b, src)
+					return err
+				})
 				mu.Lock()
 				delete(sessions, src)
 				mu.Unlock()
@@ -347,34 +349,4 @@ func (fw *Forwarder) openUDP(ctx context.Context, src netip.AddrPort) (*udpSessi
 		return nil, err
 	}
 	return &udpSession{run: r, conn: c, flow: f}, nil
-}
-
-// pumpBack returns the chain's datagrams to the source until the session
-// has been idle for fw.Idle.
-func (fw *Forwarder) pumpBack(pc *net.UDPConn, src netip.AddrPort, s *udpSession) {
-	var idled atomic.Bool
-	stop := netx.IdleWatch(fw.Idle, func() int64 { return s.flow.Up.Load() + s.flow.Down.Load() }, func() {
-		idled.Store(true)
-		s.conn.Close()
-	})
-	var err error
-	for {
-		fr, rerr := s.conn.ReadFrame()
-		if rerr != nil {
-			if !idled.Load() && !errors.Is(rerr, net.ErrClosed) {
-				err = rerr
-			}
-			break
-		}
-		s.flow.Down.Add(int64(fr.Len()))
-		_, werr := pc.WriteToUDPAddrPort(fr.Bytes(), src)
-		fr.Release()
-		if werr != nil {
-			err = werr
-			break
-		}
-	}
-	stop()
-	s.conn.Close()
-	s.run.End(err)
 }

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -527,7 +526,13 @@ func (rd *Redirector) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rd.pumpBack(src, s)
+				// Replies leave from the original destination until the
+				// session idles.
+				s.run.ReturnDgrams(s.conn, rd.UDPIdle, func(b []byte) error {
+					_, err := s.reply.WriteToUDPAddrPort(b, src)
+					return err
+				})
+				s.reply.Close()
 				mu.Lock()
 				delete(sessions, key)
 				mu.Unlock()
@@ -627,35 +632,4 @@ func (rd *Redirector) replySocket(ctx context.Context, dst netip.AddrPort) (*net
 		return nil, fmt.Errorf("cannot send replies from %s (a transparent socket bound there): %v", dst, netx.OpCause(err))
 	}
 	return pc.(*net.UDPConn), nil
-}
-
-// pumpBack returns the chain's datagrams to the client until the session
-// has been idle for UDPIdle.
-func (rd *Redirector) pumpBack(src netip.AddrPort, s *udpSession) {
-	var idled atomic.Bool
-	stop := netx.IdleWatch(rd.UDPIdle, func() int64 { return s.flow.Up.Load() + s.flow.Down.Load() }, func() {
-		idled.Store(true)
-		s.conn.Close()
-	})
-	var err error
-	for {
-		fr, rerr := s.conn.ReadFrame()
-		if rerr != nil {
-			if !idled.Load() && !errors.Is(rerr, net.ErrClosed) {
-				err = rerr
-			}
-			break
-		}
-		s.flow.Down.Add(int64(fr.Len()))
-		_, werr := s.reply.WriteToUDPAddrPort(fr.Bytes(), src)
-		fr.Release()
-		if werr != nil {
-			err = werr
-			break
-		}
-	}
-	stop()
-	s.conn.Close()
-	s.reply.Close()
-	s.run.End(err)
 }
