@@ -2,6 +2,7 @@ package systemd
 
 import (
 	"bufio"
+	"bytes"
 	"net"
 	"os"
 	"os/exec"
@@ -173,9 +174,14 @@ func webServer(t *testing.T, body string) string {
 
 func curl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(testutil.NeedTool(t, "curl"), append([]string{"-sS", "--max-time", "20", "--retry", "20", "--retry-connrefused", "--retry-delay", "1"}, args...)...).CombinedOutput()
+	// The body alone: a connect refused before systemd-socket-activate
+	// listens is retried, and curl's note of it goes to stderr.
+	cmd := exec.Command(testutil.NeedTool(t, "curl"), append([]string{"-sS", "--max-time", "20", "--retry", "20", "--retry-connrefused", "--retry-delay", "1"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Errorf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Errorf("curl %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
 	}
 	return string(out)
 }
