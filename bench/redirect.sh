@@ -89,12 +89,15 @@ for p in $direct_port $funtun_port $redsocks_port; do
 	start "iperf3-$p" ip netns exec "$s" iperf3 -s -B 10.200.2.2 -p "$p"
 done
 start funtun ip netns exec "$g" "$funtun" redirect --listen 10.200.1.1:7474 "chain=$chain"
+funtun_pid=$(child_of "$started")
 start microsocks ip netns exec "$g" microsocks -i 127.0.0.1 -p 1080
+microsocks_pid=$(child_of "$started")
 cat >"$work/redsocks.conf" <<EOF
 base { log_debug = off; log_info = off; log = stderr; daemon = off; redirector = iptables; }
 redsocks { local_ip = 10.200.1.1; local_port = 12345; ip = 127.0.0.1; port = 1080; type = socks5; }
 EOF
 start redsocks ip netns exec "$g" redsocks -c "$work/redsocks.conf"
+redsocks_pid=$(child_of "$started")
 
 # wait_in NS PORT: waits until something listens on PORT inside NS.
 wait_in() {
@@ -115,13 +118,37 @@ wait_in "$g" 12345
 results=$work/results
 : >"$results"
 
+# The machine's busy CPU time (all CPUs, softirq included: that is where
+# forwarding and most of TCP's work happen) and a process's own, in clock
+# ticks. On two CPUs the load generator, the server and the gateway share
+# the cores, so the ratio of throughputs alone says little: the table
+# also gives CPU seconds per GB moved, for the whole machine and for the
+# relay process itself.
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8; exit}' /proc/stat; }
+total_ticks() { awk '/^cpu /{s=0; for(i=2;i<=NF;i++) s+=$i; print s; exit}' /proc/stat; }
+proc_ticks() {
+	local t=0 pid
+	for pid in "$@"; do
+		[[ -r /proc/$pid/stat ]] || continue
+		t=$((t + $(awk '{sub(/.*\) /, ""); print $12+$13}' "/proc/$pid/stat")))
+	done
+	echo "$t"
+}
+
 # run MODE PORT STREAMS ROUND
 run() {
-	local mode=$1 p=$2 n=$3 round=$4 attempt
+	local mode=$1 p=$2 n=$3 round=$4 attempt b0 t0 p0 b1 t1 p1 pids
+	case $mode in
+	funtun) pids="$funtun_pid" ;;
+	redsocks) pids="$redsocks_pid $microsocks_pid" ;;
+	*) pids="" ;;
+	esac
 	for attempt in 1 2; do
+		b0=$(busy_ticks) t0=$(total_ticks) p0=$(proc_ticks $pids)
 		# One retry: an iperf3 server still tidying up the previous test
 		# refuses the next one ("the server is busy").
 		if timeout $((seconds + 15)) ip netns exec "$c" iperf3 -c 10.200.2.2 -p "$p" -t "$seconds" -P "$n" -J >"$work/run.json" 2>"$work/run.err"; then
+			b1=$(busy_ticks) t1=$(total_ticks) p1=$(proc_ticks $pids)
 			break
 		fi
 		echo "$me: iperf3 through $mode (-P $n) failed (attempt $attempt):" >&2
@@ -130,11 +157,15 @@ run() {
 		[[ $attempt == 2 ]] && exit 1
 		sleep 1
 	done
-	python3 - "$work/run.json" "$mode" "$n" "$round" >>"$results" <<'EOF'
+	python3 - "$work/run.json" "$mode" "$n" "$round" $((b1 - b0)) $((t1 - t0)) $((p1 - p0)) "$(getconf CLK_TCK)" >>"$results" <<'EOF'
 import json, sys
-path, mode, n, rnd = sys.argv[1:]
+path, mode, n, rnd, busy, total, own, hz = sys.argv[1:]
 end = json.load(open(path))["end"]
-print(f"{mode} {n} {rnd} {end['sum_received']['bits_per_second'] / 1e9:.3f}")
+gb = end["sum_received"]["bytes"] / 1e9
+busy, total, own, hz = int(busy), int(total), int(own), int(hz)
+# busy share of all CPUs; machine and relay CPU seconds per GB received
+print(f"{mode} {n} {rnd} {end['sum_received']['bits_per_second'] / 1e9:.3f} "
+      f"{busy / max(total, 1):.3f} {busy / hz / gb:.3f} {own / hz / gb:.3f}")
 EOF
 }
 
@@ -171,14 +202,19 @@ python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 groups = {}
-for mode, n, rnd, gbps in rows:
-    groups.setdefault(int(n), {}).setdefault(mode, []).append(float(gbps))
-print(f"{'streams':>7} {'mode':>9} {'Gbit/s':>8} {'min':>7} {'max':>7}")
+for mode, n, rnd, gbps, busy, cpu_gb, own_gb in rows:
+    groups.setdefault(int(n), {}).setdefault(mode, []).append((float(gbps), float(busy), float(cpu_gb), float(own_gb)))
+print(f"{'streams':>7} {'mode':>9} {'Gbit/s':>8} {'min':>7} {'max':>7} {'CPU busy':>9} {'CPU s/GB':>9} {'relay s/GB':>11}")
 for n, modes in sorted(groups.items()):
-    med = {}
+    med, cpu = {}, {}
     for mode in ("direct", "funtun", "redsocks"):
         g = modes.get(mode, [])
-        med[mode] = statistics.median(g)
-        print(f"{n:>7} {mode:>9} {med[mode]:>8.2f} {min(g):>7.2f} {max(g):>7.2f}")
+        rate = [x[0] for x in g]
+        med[mode] = statistics.median(rate)
+        cpu[mode] = statistics.median(x[2] for x in g)
+        own = "-" if mode == "direct" else f"{statistics.median(x[3] for x in g):.3f}"
+        print(f"{n:>7} {mode:>9} {med[mode]:>8.2f} {min(rate):>7.2f} {max(rate):>7.2f} "
+              f"{statistics.median(x[1] for x in g):>8.0%} {cpu[mode]:>9.3f} {own:>11}")
+    print(f"{'':>7} machine CPU per GB: funtun/direct {cpu['funtun'] / cpu['direct']:.2f}  redsocks/direct {cpu['redsocks'] / cpu['direct']:.2f}")
     print(f"{'':>7} funtun/direct {med['funtun'] / med['direct']:.2f}  redsocks/direct {med['redsocks'] / med['direct']:.2f}  funtun/redsocks {med['funtun'] / med['redsocks']:.1f}  (target: funtun >= 0.85 x direct, ahead of redsocks)")
 EOF
