@@ -2,9 +2,11 @@
 # TCP throughput across a gateway: iperf3 from a client namespace to a server
 # namespace through a gateway namespace that forwards the packets (direct),
 # redirects them to `funtun redirect profile=direct` (nftables redirect,
-# SO_ORIGINAL_DST, splice), or redirects them to redsocks with microsocks as
-# its SOCKS5 server — the usual way to do the same job. Same setup, same run,
-# interleaved; prints the median Gbit/s of each and the ratios.
+# SO_ORIGINAL_DST, splice), redirects them to redsocks with microsocks as
+# its SOCKS5 server — the usual way to do the same job —, or redirects them
+# to bench/floor/minredir.c, the least a user-space relay can cost (the
+# floor). Same setup, same run, interleaved; prints the median Gbit/s of
+# each, CPU per GB and the ratios.
 # Needs root (network namespaces and nftables); nothing leaves the three
 # namespaces it makes, and they go at exit.
 #
@@ -30,7 +32,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 me=redirect.sh
 . "$(dirname "$0")/lib.sh"
 
-need_tools ip nft iperf3 redsocks microsocks python3
+need_tools ip nft iperf3 redsocks microsocks python3 gcc
 num BENCH_SECONDS "$seconds" 1 120
 num BENCH_ROUNDS "$rounds" 1 20
 [[ $(id -u) == 0 ]] || die "needs root: it makes network namespaces and nftables rules"
@@ -72,20 +74,21 @@ if [[ -n $cc ]]; then
 fi
 
 # One iperf3 server per way in, so the rules tell them apart by port.
-direct_port=5201 funtun_port=5202 redsocks_port=5203
+direct_port=5201 funtun_port=5202 redsocks_port=5203 floor_port=5204
 ip netns exec "$g" nft -f - <<EOF
 table ip bench {
 	chain pre {
 		type nat hook prerouting priority dstnat;
 		ip daddr 10.200.2.2 tcp dport $funtun_port redirect to :7474
 		ip daddr 10.200.2.2 tcp dport $redsocks_port redirect to :12345
+		ip daddr 10.200.2.2 tcp dport $floor_port redirect to :7575
 	}
 }
 EOF
 
 nstreams=$(wc -w <<<"$streams")
-lifetime=$((rounds * 3 * nstreams * (seconds + 15) + 60))
-for p in $direct_port $funtun_port $redsocks_port; do
+lifetime=$((rounds * 4 * nstreams * (seconds + 15) + 60))
+for p in $direct_port $funtun_port $redsocks_port $floor_port; do
 	start "iperf3-$p" ip netns exec "$s" iperf3 -s -B 10.200.2.2 -p "$p"
 done
 start funtun ip netns exec "$g" "$funtun" redirect --listen 10.200.1.1:7474 "chain=$chain"
@@ -98,6 +101,9 @@ redsocks { local_ip = 10.200.1.1; local_port = 12345; ip = 127.0.0.1; port = 108
 EOF
 start redsocks ip netns exec "$g" redsocks -c "$work/redsocks.conf"
 redsocks_pid=$(child_of "$started")
+timeout 120 gcc -O2 -Wall -Wextra -pthread -o "$work/minredir" "$root/bench/floor/minredir.c"
+start minredir ip netns exec "$g" "$work/minredir" 10.200.1.1 7575
+minredir_pid=$(child_of "$started")
 
 # wait_in NS PORT: waits until something listens on PORT inside NS.
 wait_in() {
@@ -110,10 +116,11 @@ wait_in() {
 	for f in "$work"/*.log; do echo "== $f" >&2; cat "$f" >&2; done
 	return 1
 }
-for p in $direct_port $funtun_port $redsocks_port; do wait_in "$s" "$p"; done
+for p in $direct_port $funtun_port $redsocks_port $floor_port; do wait_in "$s" "$p"; done
 wait_in "$g" 7474
 wait_in "$g" 1080
 wait_in "$g" 12345
+wait_in "$g" 7575
 
 results=$work/results
 : >"$results"
@@ -141,6 +148,7 @@ run() {
 	case $mode in
 	funtun) pids="$funtun_pid" ;;
 	redsocks) pids="$redsocks_pid $microsocks_pid" ;;
+	floor) pids="$minredir_pid" ;;
 	*) pids="" ;;
 	esac
 	for attempt in 1 2; do
@@ -162,6 +170,8 @@ import json, sys
 path, mode, n, rnd, busy, total, own, hz = sys.argv[1:]
 end = json.load(open(path))["end"]
 gb = end["sum_received"]["bytes"] / 1e9
+if gb == 0:
+    sys.exit(f"redirect.sh: iperf3 through {mode} (-P {n}) moved no bytes")
 busy, total, own, hz = int(busy), int(total), int(own), int(hz)
 # busy share of all CPUs; machine and relay CPU seconds per GB received
 print(f"{mode} {n} {rnd} {end['sum_received']['bits_per_second'] / 1e9:.3f} "
@@ -174,12 +184,13 @@ echo "$me: iperf3 ${seconds}s per run, streams: $streams, rounds: $rounds, acros
 header="$(nproc) CPUs, load $load1 $load5, congestion control: $(ip netns exec "$g" cat /proc/sys/net/ipv4/tcp_congestion_control), funtun chain='$chain', $(uname -r)"
 for ((r = 1; r <= rounds; r++)); do
 	for n in $streams; do
-		rotate "$r" direct funtun redsocks
+		rotate "$r" direct funtun redsocks floor
 		for mode in "${order[@]}"; do
 			case $mode in
 			direct) p=$direct_port ;;
 			funtun) p=$funtun_port ;;
 			redsocks) p=$redsocks_port ;;
+			floor) p=$floor_port ;;
 			esac
 			echo "$me: round $r: $mode -P $n" >&2
 			run "$mode" "$p" "$n" "$r"
@@ -207,7 +218,7 @@ for mode, n, rnd, gbps, busy, cpu_gb, own_gb in rows:
 print(f"{'streams':>7} {'mode':>9} {'Gbit/s':>8} {'min':>7} {'max':>7} {'CPU busy':>9} {'CPU s/GB':>9} {'relay s/GB':>11}")
 for n, modes in sorted(groups.items()):
     med, cpu = {}, {}
-    for mode in ("direct", "funtun", "redsocks"):
+    for mode in ("direct", "funtun", "redsocks", "floor"):
         g = modes.get(mode, [])
         rate = [x[0] for x in g]
         med[mode] = statistics.median(rate)
@@ -215,6 +226,7 @@ for n, modes in sorted(groups.items()):
         own = "-" if mode == "direct" else f"{statistics.median(x[3] for x in g):.3f}"
         print(f"{n:>7} {mode:>9} {med[mode]:>8.2f} {min(rate):>7.2f} {max(rate):>7.2f} "
               f"{statistics.median(x[1] for x in g):>8.0%} {cpu[mode]:>9.3f} {own:>11}")
-    print(f"{'':>7} machine CPU per GB: funtun/direct {cpu['funtun'] / cpu['direct']:.2f}  redsocks/direct {cpu['redsocks'] / cpu['direct']:.2f}")
+    print(f"{'':>7} machine CPU per GB: funtun/direct {cpu['funtun'] / cpu['direct']:.2f}  floor/direct {cpu['floor'] / cpu['direct']:.2f}  funtun/floor {cpu['funtun'] / cpu['floor']:.2f}  redsocks/direct {cpu['redsocks'] / cpu['direct']:.2f}")
+    print(f"{'':>7} throughput: floor/direct {med['floor'] / med['direct']:.2f}  funtun/floor {med['funtun'] / med['floor']:.2f}")
     print(f"{'':>7} funtun/direct {med['funtun'] / med['direct']:.2f}  redsocks/direct {med['redsocks'] / med['direct']:.2f}  funtun/redsocks {med['funtun'] / med['redsocks']:.1f}  (target: funtun >= 0.85 x direct, ahead of redsocks)")
 EOF
