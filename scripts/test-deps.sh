@@ -11,7 +11,7 @@ pkgs=(
   "openssl:openssl" "iproute2:ip" "gcc:cc" "make:make" "systemd:systemd-socket-activate"
   "nftables:nft" "iptables:iptables-nft" "strace:strace" "haproxy:haproxy" "iputils-ping:ping"
   "ucspi-tcp:tcpserver" "xinetd:xinetd" "redsocks:redsocks" "wget2:wget2" "liburing-dev:/usr/include/liburing.h"
-  "chromium:chromium" "desktop-file-utils:desktop-file-validate" "x11-apps:xeyes" "aria2:aria2c" "libglib2.0-bin:gio"
+  "chromium:chromium" "desktop-file-utils:desktop-file-validate" "aria2:aria2c" "libglib2.0-bin:gio"
   "dnsmasq-base:dnsmasq" "musl-tools:musl-gcc" "libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a"
 )
 missing=()
