@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -16,7 +15,21 @@ import (
 // ProfileExt is the file name ending of a profile file: NAME.profile.
 const ProfileExt = ".profile"
 
-var profileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+// IsProfileName says whether name can name a profile: a letter or digit,
+// then letters, digits, '.', '_' and '-'. A loop rather than a regexp:
+// a regexp compiled at package init costs every start of funtun.
+func IsProfileName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return name != ""
+}
 
 // Catalog finds profile sources in order of precedence (the user's
 // directory, the system directory, built-ins) and holds the current compiled
@@ -73,7 +86,7 @@ func (c *Catalog) Sources() ([]Source, error) {
 			}
 			name := strings.TrimSuffix(n, ProfileExt)
 			path := filepath.Join(dir, n)
-			if !profileName.MatchString(name) {
+			if !IsProfileName(name) {
 				errs = append(errs, fmt.Errorf("%s: %q is not a usable profile name (letters, digits, '.', '_', '-')", path, name))
 				continue
 			}

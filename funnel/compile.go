@@ -17,14 +17,17 @@ type Pipeline struct {
 	Name   string
 	Origin string // file path, "built-in" or "chain"
 	Specs  []PieceSpec
-	pieces []Piece
-	links  []link
-	top    ShapeSet
-	refs   []*ProfileRef
-	set    *Set
-	live   bool   // its pieces are open (Opener); guarded by set.mu
-	closed bool   // guarded by set.mu
-	text   string // the chain's text, for an inline chain
+	// Options are the profile's `option KEY=VALUE` lines, for the hook
+	// (see Option); checked against the registered options.
+	Options []Option
+	pieces  []Piece
+	links   []link
+	top     ShapeSet
+	refs    []*ProfileRef
+	set     *Set
+	live    bool   // its pieces are open (Opener); guarded by set.mu
+	closed  bool   // guarded by set.mu
+	text    string // the chain's text, for an inline chain
 }
 
 // selector names the pipeline again, in another set.
@@ -349,11 +352,18 @@ func (s *Set) Names() []string { return s.order }
 func (s *Set) Source(name string) Source { return s.sources[name] }
 
 func compile(s *Set, name, origin, file, text string) (*Pipeline, error) {
-	specs, err := ParseChain(file, text)
+	opts, chain, err := SplitOptions(file, text)
 	if err != nil {
 		return nil, err
 	}
-	pl := &Pipeline{Name: name, Origin: origin, set: s, text: text}
+	if err := checkOptions(opts); err != nil {
+		return nil, err
+	}
+	specs, err := ParseChain(file, chain)
+	if err != nil {
+		return nil, err
+	}
+	pl := &Pipeline{Name: name, Origin: origin, set: s, text: text, Options: opts}
 	b := &builder{set: s, sources: s.sources, pl: pl}
 	build := func(spec PieceSpec) (Piece, error) {
 		info, ok := Lookup(spec.Name)

@@ -62,7 +62,11 @@ func isSecret(key string) bool {
 // RedactChain hides secret values in chain text for logs; text that does
 // not parse is replaced whole, since we cannot tell where secrets are.
 func RedactChain(text string) string {
-	specs, err := ParseChain("chain", text)
+	_, chain, err := SplitOptions("chain", text)
+	if err != nil {
+		return "(unparsable chain)"
+	}
+	specs, err := ParseChain("chain", chain)
 	if err != nil {
 		return "(unparsable chain)"
 	}
@@ -195,4 +199,90 @@ func ParseChain(file, text string) ([]PieceSpec, error) {
 		return nil, &PosError{Pos{file, 1, 1}, "empty chain: name at least one piece, e.g. `direct`"}
 	}
 	return specs, nil
+}
+
+// optionWord starts an option line: `option KEY=VALUE …`.
+const optionWord = "option"
+
+// SplitOptions takes the `option KEY=VALUE …` lines off the top of a
+// profile's text (blank lines and comments may come between them) and
+// returns them with the rest, in which those lines are left empty so that
+// the chain's positions stay as written. An option line after the chain
+// has started is an error: options are read before the chain, at a glance.
+func SplitOptions(file, text string) ([]Option, string, error) {
+	lines := strings.SplitAfter(text, "\n")
+	var opts []Option
+	chainStarted := false
+	for i, line := range lines {
+		words := lineWords(line)
+		if len(words) == 0 {
+			continue
+		}
+		isOption := words[0].text == optionWord
+		if isOption && chainStarted {
+			if len(words) > 1 && strings.Contains(words[1].text, "=") {
+				return nil, "", &PosError{Pos{file, i + 1, words[0].col}, "option lines come before the chain"}
+			}
+			continue
+		}
+		if !isOption {
+			chainStarted = true
+			continue
+		}
+		if len(words) == 1 {
+			return nil, "", &PosError{Pos{file, i + 1, words[0].col}, "option needs KEY=VALUE, e.g. `option guard=netns`"}
+		}
+		for _, w := range words[1:] {
+			key, value, ok := strings.Cut(w.text, "=")
+			if !ok || key == "" {
+				return nil, "", &PosError{Pos{file, i + 1, w.col}, fmt.Sprintf("option: %q is not KEY=VALUE (the chain goes on a line of its own, after the options)", w.text)}
+			}
+			opts = append(opts, Option{
+				Key:      key,
+				Value:    value,
+				Pos:      Pos{file, i + 1, w.col},
+				ValuePos: Pos{file, i + 1, w.col + len([]rune(key)) + 1},
+			})
+		}
+		lines[i] = ""
+		if strings.HasSuffix(line, "\n") {
+			lines[i] = "\n"
+		}
+	}
+	return opts, strings.Join(lines, ""), nil
+}
+
+type lineWord struct {
+	text string
+	col  int
+}
+
+// lineWords splits one line into words at blanks, up to a comment. Option
+// values are plain words: no quoting, which only the chain needs.
+func lineWords(line string) []lineWord {
+	var words []lineWord
+	var cur []rune
+	start := 0
+	col := 0
+	for _, r := range line {
+		col++
+		if r == '#' {
+			break
+		}
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			if len(cur) > 0 {
+				words = append(words, lineWord{string(cur), start})
+				cur = cur[:0]
+			}
+			continue
+		}
+		if len(cur) == 0 {
+			start = col
+		}
+		cur = append(cur, r)
+	}
+	if len(cur) > 0 {
+		words = append(words, lineWord{string(cur), start})
+	}
+	return words
 }

@@ -176,6 +176,9 @@ func runProfiles(ctx context.Context, env *cli.Env, args []string) int {
 			return env.Errorf("profiles", "%v", err)
 		}
 		fmt.Fprintf(env.Stdout, "profile %s (%s)\n  %s\n  carries: %s\n", pl.Name, pl.Origin, pl.String(), pl.Shapes())
+		for _, o := range pl.Options {
+			fmt.Fprintf(env.Stdout, "  option %s\n", o)
+		}
 		return 0
 	case "check":
 		return checkProfiles(env, cat, args)

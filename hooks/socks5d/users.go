@@ -14,13 +14,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/funtun/funtun/funnel"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/term"
 )
@@ -75,8 +75,6 @@ type flight struct {
 	entry userEntry
 	res   loginResult
 }
-
-var profileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // hashCost is the bcrypt cost adduser uses (tests lower it: the race
 // detector makes bcrypt slow).
@@ -175,7 +173,7 @@ func parseUserLine(line string) (string, userEntry, error) {
 	e := userEntry{hash: []byte(hash)}
 	if len(parts) == 3 {
 		e.profile = parts[2]
-		if !profileNameRE.MatchString(e.profile) {
+		if !funnel.IsProfileName(e.profile) {
 			return "", userEntry{}, fmt.Errorf("user %q: %q is not a profile name", user, e.profile)
 		}
 	}
@@ -578,7 +576,7 @@ func AddUser(path, user, pass, profile string) (replaced bool, err error) {
 	if err := checkUserName(user); err != nil {
 		return false, err
 	}
-	if profile != "" && !profileNameRE.MatchString(profile) {
+	if profile != "" && !funnel.IsProfileName(profile) {
 		return false, fmt.Errorf("%q is not a profile name (letters, digits, '.', '_', '-')", profile)
 	}
 	if len(pass) > 72 {
