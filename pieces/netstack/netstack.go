@@ -1,7 +1,9 @@
 // Package netstack is the piece that gives a program IPv6 without the
 // kernel: a user-space TCP/IP stack (gVisor's) terminates the flow's TCP
 // connection or UDP conversation and sends the IPv6 packets it makes to the
-// piece below (shape packet/ip6), such as the 6bed4 tunnel. One stack
+// piece below (shape packet/ip6), such as the 6bed4 tunnel; and it listens
+// on its own address for a hooked program that listens (listen.go) or binds
+// a UDP port (listen_udp.go). One stack
 // serves every flow of the profile; it starts when the profile goes live
 // and stops after the last flow of its set.
 package netstack
@@ -32,7 +34,9 @@ func init() {
 ipv4=PROFILE     flows to IPv4 addresses, and to names that have an IPv4 address, go to PROFILE
                  instead (the 6bed4 profile sends them direct); default: refused
 accept=PORT,…    accept TCP connections from the network on these ports of the stack's address and
-                 connect each to accept-to: the way in to a program listening on this host
+                 connect each to accept-to: the way in to a server that is not hooked (a hooked
+                 program that listens on all addresses, or binds UDP on them, is listened for on
+                 its port by itself)
 accept-to=HOST   where accepted connections go, on the same port, default 127.0.0.1
 mtu=N            the link's MTU, default 1280 (the IPv6 minimum; 6bed4 carries no more)
 timeout=DURATION how long a TCP connect may take, default 30s`,
@@ -69,16 +73,24 @@ type Netstack struct {
 	mu       sync.Mutex
 	st       *ipstack.Stack
 	link     *link
-	closed   bool
-	ctx      context.Context
-	cancel   context.CancelFunc
+	// listening holds the ports of the stack that programs listen on
+	// (ListenStream): one listener a port.
+	listening map[uint16]bool
+	// udpListening holds the UDP ports of the stack that programs are
+	// bound to (ListenDgram).
+	udpListening map[uint16]*udpListener
+	closed       bool
+	ctx          context.Context
+	cancel       context.CancelFunc
 }
 
 var (
-	_ funnel.StreamDialer = (*Netstack)(nil)
-	_ funnel.DgramDialer  = (*Netstack)(nil)
-	_ funnel.Opener       = (*Netstack)(nil)
-	_ funnel.Closer       = (*Netstack)(nil)
+	_ funnel.StreamDialer   = (*Netstack)(nil)
+	_ funnel.DgramDialer    = (*Netstack)(nil)
+	_ funnel.Opener         = (*Netstack)(nil)
+	_ funnel.Closer         = (*Netstack)(nil)
+	_ funnel.StreamListener = (*Netstack)(nil)
+	_ funnel.DgramListener  = (*Netstack)(nil)
 )
 
 // New reads the parameters; the stack itself starts in Open.
@@ -135,6 +147,8 @@ func (n *Netstack) Open() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.listening = map[uint16]bool{}
+	n.udpListening = map[uint16]*udpListener{}
 	return nil
 }
 
@@ -240,40 +254,40 @@ func (l *link) alive() bool {
 
 // attach returns the stack with a live link below it, dialing the link
 // when there is none (the first flow, or after the link failed).
-func (n *Netstack) attach(ctx context.Context, f *funnel.Flow, next funnel.Next) (*ipstack.Stack, error) {
+func (n *Netstack) attach(ctx context.Context, f *funnel.Flow, next funnel.Next) (*ipstack.Stack, *link, error) {
 	n.attachMu.Lock()
 	defer n.attachMu.Unlock()
 	n.mu.Lock()
 	if n.closed || n.ctx == nil {
 		n.mu.Unlock()
-		return nil, funnel.Errorf(funnel.KindGeneral, "netstack: the stack is not running (its profile was not opened, or has closed)")
+		return nil, nil, funnel.Errorf(funnel.KindGeneral, "netstack: the stack is not running (its profile was not opened, or has closed)")
 	}
 	st, err := n.start()
 	l := n.link
 	n.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if l != nil && l.alive() {
-		return st, nil
+		return st, l, nil
 	}
 	// The link outlives this flow: it is the stack's, not the flow's.
 	lf := f.Clone()
 	conn, err := next.DialDgram(context.WithoutCancel(ctx), lf)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	addressed, _ := conn.(AddressedLink)
 	if addressed == nil && !n.static.IsValid() {
 		conn.Close()
-		return nil, funnel.Errorf(funnel.KindNetUnreachable, "netstack: the piece below gives the stack no address; set addr=")
+		return nil, nil, funnel.Errorf(funnel.KindNetUnreachable, "netstack: the piece below gives the stack no address; set addr=")
 	}
 	l = &link{conn: conn, dead: make(chan struct{})}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		conn.Close()
-		return nil, funnel.Errorf(funnel.KindGeneral, "netstack: the stack has closed")
+		return nil, nil, funnel.Errorf(funnel.KindGeneral, "netstack: the stack has closed")
 	}
 	n.link = l
 	// The link's goroutines end with the link (or the piece), so that a
@@ -288,13 +302,13 @@ func (n *Netstack) attach(ctx context.Context, f *funnel.Flow, next funnel.Next)
 		if err := st.AddAddress(addressed.LinkAddr()); err != nil {
 			stop()
 			conn.Close()
-			return nil, funnel.Errorf(funnel.KindGeneral, "netstack: %v", err)
+			return nil, nil, funnel.Errorf(funnel.KindGeneral, "netstack: %v", err)
 		}
 		go n.followAddress(ctx, st, l, addressed)
 	}
 	go n.toLink(ctx, st, l)
 	go n.fromLink(st, l)
-	return st, nil
+	return st, l, nil
 }
 
 // toLink sends what the stack sends: each packet is read straight into a
@@ -361,19 +375,28 @@ func (n *Netstack) followAddress(ctx context.Context, st *ipstack.Stack, l *link
 	}
 }
 
-// destination finds the IPv6 address a flow goes to. other is true when
-// the flow belongs to the ipv4= profile instead.
-func (n *Netstack) destination(ctx context.Context, f *funnel.Flow) (a netip.AddrPort, other bool, err error) {
+// target is where a flow goes: an IPv6 address through the stack, or
+// (other) the ipv4= profile, with the IPv4 addresses its name resolved to.
+type target struct {
+	dst   netip.AddrPort
+	other bool
+	v4    []netip.Addr // a name's IPv4 addresses; nil for an address
+}
+
+// destination finds where a flow goes. A name is resolved here, once:
+// whether it has an IPv4 address decides where it goes, and the ipv4=
+// profile is then given the addresses, not the name to resolve again.
+func (n *Netstack) destination(ctx context.Context, f *funnel.Flow) (target, error) {
 	d := f.Dest
 	if !d.IsName() {
 		ip := d.IP.Unmap()
 		if ip.Is4() {
 			if n.ipv4 != nil {
-				return a, true, nil
+				return target{other: true}, nil
 			}
-			return a, false, funnel.Errorf(funnel.KindAddrNotSupported, "netstack: %s is an IPv4 address; this stack carries IPv6 only (give ipv4=PROFILE for the others)", d)
+			return target{}, funnel.Errorf(funnel.KindAddrNotSupported, "netstack: %s is an IPv4 address; this stack carries IPv6 only (give ipv4=PROFILE for the others)", d)
 		}
-		return netip.AddrPortFrom(ip, d.Port), false, nil
+		return target{dst: netip.AddrPortFrom(ip, d.Port)}, nil
 	}
 	network := "ip6"
 	if n.ipv4 != nil {
@@ -381,24 +404,29 @@ func (n *Netstack) destination(ctx context.Context, f *funnel.Flow) (a netip.Add
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, network, d.Name)
 	if err != nil {
-		return a, false, funnel.Errorf(funnel.Classify(err), "netstack: resolving %s: %w", d.Name, err)
+		return target{}, funnel.Errorf(funnel.Classify(err), "netstack: resolving %s: %w", d.Name, err)
 	}
+	var t target
 	var v6 netip.Addr
 	for _, ip := range ips {
-		if ip.Unmap().Is4() {
+		ip = ip.Unmap()
+		switch {
+		case ip.Is4():
 			if n.ipv4 != nil {
-				return a, true, nil
+				t.other = true
+				t.v4 = append(t.v4, ip)
 			}
-			continue
-		}
-		if !v6.IsValid() {
+		case !v6.IsValid():
 			v6 = ip
 		}
 	}
-	if !v6.IsValid() {
-		return a, false, funnel.Errorf(funnel.KindHostUnreachable, "netstack: %s has no IPv6 address", d.Name)
+	if t.other {
+		return t, nil
 	}
-	return netip.AddrPortFrom(v6, d.Port), false, nil
+	if !v6.IsValid() {
+		return target{}, funnel.Errorf(funnel.KindHostUnreachable, "netstack: %s has no IPv6 address", d.Name)
+	}
+	return target{dst: netip.AddrPortFrom(v6, d.Port)}, nil
 }
 
 func (n *Netstack) otherProfile() (*funnel.Pipeline, error) {
@@ -409,52 +437,81 @@ func (n *Netstack) otherProfile() (*funnel.Pipeline, error) {
 	return pl, nil
 }
 
-// DialStream connects through the user-space stack.
-func (n *Netstack) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
-	dst, other, err := n.destination(ctx, f)
+// dialOther hands a stream flow to the ipv4= profile: at each of its
+// name's IPv4 addresses in turn, as a dialer tries a name's addresses.
+func (n *Netstack) dialOther(ctx context.Context, f *funnel.Flow, t target) (net.Conn, error) {
+	pl, err := n.otherProfile()
 	if err != nil {
 		return nil, err
 	}
-	if other {
-		pl, err := n.otherProfile()
-		if err != nil {
-			return nil, err
-		}
+	if len(t.v4) == 0 {
 		return pl.DialStream(ctx, f)
 	}
-	st, err := n.attach(ctx, f, next)
+	for _, ip := range t.v4 {
+		var c net.Conn
+		c, err = pl.DialStream(ctx, f.WithDest(f.Dest.WithIP(ip)))
+		if err == nil || ctx.Err() != nil {
+			return c, err
+		}
+	}
+	return nil, err
+}
+
+// DialStream connects through the user-space stack.
+func (n *Netstack) DialStream(ctx context.Context, f *funnel.Flow, next funnel.Next) (net.Conn, error) {
+	t, err := n.destination(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	if t.other {
+		return n.dialOther(ctx, f, t)
+	}
+	st, _, err := n.attach(ctx, f, next)
 	if err != nil {
 		return nil, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
-	c, err := st.DialTCP(dctx, dst)
+	c, err := st.DialTCP(dctx, t.dst)
 	if err != nil {
-		return nil, dialError("tcp", dst, err)
+		return nil, dialError("tcp", t.dst, err)
 	}
 	return c, nil
 }
 
 // DialDgram opens a UDP socket of the stack connected to the destination.
 func (n *Netstack) DialDgram(ctx context.Context, f *funnel.Flow, next funnel.Next) (funnel.DgramConn, error) {
-	dst, other, err := n.destination(ctx, f)
+	t, err := n.destination(ctx, f)
 	if err != nil {
 		return nil, err
 	}
-	if other {
+	if t.other {
 		pl, err := n.otherProfile()
 		if err != nil {
 			return nil, err
 		}
+		if len(t.v4) > 0 {
+			// A datagram conversation has no connect to fail over on.
+			f = f.WithDest(f.Dest.WithIP(t.v4[0]))
+		}
 		return pl.DialDgram(ctx, f)
 	}
-	st, err := n.attach(ctx, f, next)
+	st, _, err := n.attach(ctx, f, next)
 	if err != nil {
 		return nil, err
 	}
-	c, err := st.DialUDP(dst)
+	if ul := n.listenedFrom(f); ul != nil {
+		// The program sends from the port it bound, which the stack
+		// listens on for it: the datagrams leave from that port too.
+		c, err := ul.dial(t.dst)
+		if err != nil {
+			return nil, dialError("udp", t.dst, err)
+		}
+		return c, nil
+	}
+	c, err := st.DialUDP(t.dst)
 	if err != nil {
-		return nil, dialError("udp", dst, err)
+		return nil, dialError("udp", t.dst, err)
 	}
 	return newUDPConn(c), nil
 }
@@ -502,6 +559,11 @@ func (u *udpConn) ReadFrame() (*funnel.Frame, error) {
 	size, err := u.c.Read(fr.Room()[:funnel.FrameMax])
 	if err != nil {
 		fr.Release()
+		if errors.Is(err, io.EOF) {
+			// gonet's word for a socket closed under the reader (the
+			// stack stopped): no failure of the flow's.
+			return nil, net.ErrClosed
+		}
 		return nil, err
 	}
 	fr.SetLen(size)

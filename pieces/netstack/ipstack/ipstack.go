@@ -23,6 +23,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 const nicID tcpip.NICID = 1
@@ -198,7 +199,35 @@ func ErrorKind(err error) string {
 }
 
 // ListenTCPAny listens on port of every address the stack has, now and
-// later (a tunnel address that changes keeps its listeners).
+// later (a tunnel address that changes keeps its listeners). The port
+// is bound with SO_REUSEADDR, as servers bind theirs: connections that a
+// closed listener accepted still hold the port, and a program that
+// listens again must get it back.
 func (s *Stack) ListenTCPAny(port uint16) (net.Listener, error) {
-	return gonet.ListenTCP(s.s, tcpip.FullAddress{NIC: nicID, Port: port}, ipv6.ProtocolNumber)
+	var wq waiter.Queue
+	ep, terr := s.s.NewEndpoint(tcp.ProtocolNumber, ipv6.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	ep.SocketOptions().SetReuseAddress(true)
+	addr := &net.TCPAddr{IP: net.IPv6unspecified, Port: int(port)}
+	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: port}); terr != nil {
+		ep.Close()
+		return nil, &net.OpError{Op: "bind", Net: "tcp", Addr: addr, Err: errors.New(terr.String())}
+	}
+	if terr := ep.Listen(listenBacklog); terr != nil {
+		ep.Close()
+		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: addr, Err: errors.New(terr.String())}
+	}
+	return gonet.NewTCPListener(s.s, &wq, ep), nil
+}
+
+// listenBacklog is gonet.ListenTCP's.
+const listenBacklog = 4096
+
+// ListenUDPAny binds a UDP socket to port on every address the stack
+// has, now and later, unconnected: it takes datagrams from any peer and
+// sends to any, always from port.
+func (s *Stack) ListenUDPAny(port uint16) (*gonet.UDPConn, error) {
+	return gonet.DialUDP(s.s, &tcpip.FullAddress{NIC: nicID, Port: port}, nil, ipv6.ProtocolNumber)
 }
