@@ -92,12 +92,21 @@ enum ft_kind {
 
 struct ft_fdinfo {
 	uint32_t kind;
-	uint32_t udp; /* datagrams sent with an address went through the funnel (udp.c) */
+	uint32_t udp; /* FT_UDP_ASSOC | FT_UDP_FROM_RELAYS (udp.c) */
 	uint64_t ino; /* the socket's inode: a stale entry (fd closed behind our back) never matches */
 	socklen_t peerlen, locallen;
 	struct sockaddr_in6 peer;  /* large enough for sockaddr_in too */
 	struct sockaddr_in6 local;
 };
+
+/* ft_fdinfo.udp bits. */
+enum {
+	FT_UDP_ASSOC = 1,      /* datagrams sent with an address went through the funnel */
+	FT_UDP_FROM_RELAYS = 2, /* the funnel relays datagrams to it from loopback (FT_OP_UDP_BIND) */
+};
+
+/* ft_udp_bound tells the funnel that fd, a UDP socket, was bound to sa. */
+FT_HIDDEN void ft_udp_bound(int fd, const struct sockaddr *sa, socklen_t len);
 
 FT_HIDDEN uint64_t ft_inode(int fd);
 /* ft_fd_get copies the entry for fd when it is current; 0 if none. */
@@ -155,6 +164,10 @@ FT_HIDDEN void ft_udp_after_fork(void);
  * echo sockets. Refused with EACCES unless the launcher was given
  * --allow-raw (FUNTUN_ALLOW_RAW=1 in the environment). */
 FT_HIDDEN extern int ft_allow_raw;
+/* The launcher's seccomp guard lets a connect through without a round trip
+ * when its unused fourth and fifth arguments carry this pass (0: no guard;
+ * hooks/preload/seccomp_supervisor_filter.go). */
+FT_HIDDEN extern uint64_t ft_guard_pass;
 /* ft_uncarried names the kind of such a socket ("raw", "packet", "icmp"),
  * or NULL for one the funnel carries (or that never leaves the host). */
 FT_HIDDEN const char *ft_uncarried(int family, int type, int protocol);

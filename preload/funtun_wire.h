@@ -128,6 +128,24 @@ enum ft_op {
 	 * err = ENOENT: no such template; EPROTO: another protocol version. On
 	 * an error name holds a sentence that says why. */
 	FT_OP_HELLO = 14,
+	/* fd attached: a UDP socket the program just bound to all of its
+	 * host's addresses on a port of its choosing (not 0); addr = the
+	 * address it bound. Answer: flags FT_UDP_LISTENED when the profile
+	 * receives datagrams for it elsewhere too (a user-space stack on its
+	 * tunnel address): they then come to the socket from loopback relays
+	 * of the funnel, one per peer, which UDP_PEER names. Else flags 0. A
+	 * funnel of an older library answers ENOSYS: the socket then receives
+	 * natively only. */
+	FT_OP_UDP_BIND = 15,
+	/* addr = where a datagram on a socket that UDP_BIND marked came from
+	 * (a loopback address the library does not know). Answer: addr = the
+	 * peer the funnel relays for from there, as the socket's family says
+	 * it, or err = ENOENT when it is no relay of the funnel's. */
+	FT_OP_UDP_PEER = 16,
+};
+
+enum ft_udp_bind_flags {
+	FT_UDP_LISTENED = 1,
 };
 
 enum ft_hello_flags {

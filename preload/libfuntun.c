@@ -87,6 +87,9 @@ static void init_once_fn(void)
 	}
 	const char *raw = getenv("FUNTUN_ALLOW_RAW");
 	ft_allow_raw = raw && strcmp(raw, "1") == 0;
+	const char *pass = getenv("FUNTUN_GUARD_PASS");
+	if (pass && strlen(pass) == 16)
+		ft_guard_pass = strtoull(pass, NULL, 16);
 	pthread_atfork(NULL, NULL, table_child);
 }
 

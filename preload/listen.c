@@ -131,7 +131,8 @@ int listen(int fd, int backlog)
 
 /* bind: a port the funnel holds for a program's listener that is gone (a
  * child that held it exited) is given back when the program binds it
- * again. Only the failure path asks. A packet socket that got past
+ * again. Only the failure path asks, and a UDP socket bound to all
+ * addresses is reported (udp.c). A packet socket that got past
  * socket() (raw.c) is refused its interface: bound, it sends frames with
  * no address at all. */
 int bind(int fd, const struct sockaddr *sa, socklen_t len)
@@ -143,6 +144,13 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len)
 			return ft_refuse("bind", family, type, proto, NULL, 0);
 	}
 	int r = ft_real.bind(fd, sa, len);
+	if (r == 0 && sa && len >= sizeof(sa_family_t) && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) &&
+	    ft_hooked()) {
+		int e = errno;
+		ft_udp_bound(fd, sa, len);
+		errno = e;
+		return 0;
+	}
 	if (r == 0 || errno != EADDRINUSE || !sa || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
 	    !ft_hooked())
 		return r;

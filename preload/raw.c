@@ -24,6 +24,7 @@
 #endif
 
 FT_HIDDEN int ft_allow_raw;
+FT_HIDDEN uint64_t ft_guard_pass;
 
 FT_HIDDEN const char *ft_uncarried(int family, int type, int protocol)
 {

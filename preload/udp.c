@@ -224,8 +224,8 @@ static int wire_for(const char *call, int fd, const struct sockaddr *dest, sockl
 		memset(&info, 0, sizeof info);
 		info.ino = ino;
 	}
-	if (!info.udp) {
-		info.udp = 1;
+	if (!(info.udp & FT_UDP_ASSOC)) {
+		info.udp |= FT_UDP_ASSOC;
 		ft_fd_set(fd, &info);
 	}
 	*wire = a.wire;
@@ -336,6 +336,69 @@ int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	return sent;
 }
 
+static int is_loopback(const void *sa, socklen_t len)
+{
+	const struct sockaddr *s = sa;
+	if (s->sa_family == AF_INET && len >= sizeof(struct sockaddr_in))
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (s->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+static int is_unspecified(const void *sa, socklen_t len)
+{
+	const struct sockaddr *s = sa;
+	if (s->sa_family == AF_INET && len >= sizeof(struct sockaddr_in))
+		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (s->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+	return 0;
+}
+
+static uint16_t port_of(const void *sa)
+{
+	const struct sockaddr *s = sa;
+	return s->sa_family == AF_INET ? ((const struct sockaddr_in *)sa)->sin_port
+				       : ((const struct sockaddr_in6 *)sa)->sin6_port;
+}
+
+/* ft_udp_bound: a UDP socket bound to all addresses on a chosen port is
+ * a server's (a SIP phone's 5060): the profile may receive for it
+ * elsewhere too (a tunnel address), and then relays each peer's datagrams
+ * to it from a loopback socket of the funnel, which from_for names. A
+ * funnel that cannot (or is gone) leaves the socket as the kernel bound
+ * it. */
+FT_HIDDEN void ft_udp_bound(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	if (!is_unspecified(sa, len) || port_of(sa) == 0)
+		return;
+	int type = 0, proto = 0;
+	socklen_t l = sizeof type;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_DGRAM)
+		return;
+	l = sizeof proto;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_UDP)
+		return;
+	struct ft_req req;
+	struct ft_resp resp;
+	memset(&req, 0, sizeof req);
+	req.op = FT_OP_UDP_BIND;
+	req.addrlen = len < FT_ADDR_MAX ? len : FT_ADDR_MAX;
+	memcpy(req.addr, sa, req.addrlen);
+	if (ft_call(&req, fd, &resp, FT_WAIT_RETRY) != 0 || resp.err || !(resp.flags & FT_UDP_LISTENED))
+		return;
+	struct ft_fdinfo info;
+	if (!ft_fd_get(fd, &info)) {
+		memset(&info, 0, sizeof info);
+		info.ino = ft_inode(fd);
+	}
+	info.udp |= FT_UDP_FROM_RELAYS;
+	ft_fd_set(fd, &info);
+}
+
 /* from_for rewrites a datagram's source, got (as the kernel gave it, now
  * also in src), as the program expects to see it. It returns the length of
  * the address in src. */
@@ -352,6 +415,29 @@ static socklen_t from_for(int fd, void *src, socklen_t room, const struct sockad
 	if (info.udp && assoc_find(by_wire, 1, info.ino, got, gotlen, &a)) {
 		ft_copy_addr(src, &room, &a.app, a.applen);
 		return room;
+	}
+	if ((info.udp & FT_UDP_FROM_RELAYS) && is_loopback(got, gotlen)) {
+		/* A peer's first datagram through a relay of the funnel: ask
+		 * whose it is once, and remember it both ways, so that the
+		 * program's answer (sendto the peer) goes back through the
+		 * same relay with no question asked. */
+		struct ft_req req;
+		struct ft_resp resp;
+		memset(&req, 0, sizeof req);
+		req.op = FT_OP_UDP_PEER;
+		req.addrlen = gotlen < FT_ADDR_MAX ? gotlen : FT_ADDR_MAX;
+		memcpy(req.addr, got, req.addrlen);
+		if (ft_call(&req, -1, &resp, FT_WAIT_RETRY) == 0 && resp.err == 0 && resp.addrlen > 0) {
+			memset(&a, 0, sizeof a);
+			a.ino = info.ino;
+			a.applen = resp.addrlen < sizeof a.app ? resp.addrlen : sizeof a.app;
+			memcpy(&a.app, resp.addr, a.applen);
+			a.wirelen = req.addrlen;
+			memcpy(&a.wire, got, a.wirelen);
+			assoc_put(&a);
+			ft_copy_addr(src, &room, &a.app, a.applen);
+			return room;
+		}
 	}
 	return gotlen;
 }

@@ -111,12 +111,12 @@ func checkHookableDepth(path string, depth int) error {
 		}
 	}
 	if !dynamic {
-		return fmt.Errorf("%s is statically linked: LD_PRELOAD cannot hook it", path)
+		return errSelfCalling{fmt.Errorf("%s is statically linked: LD_PRELOAD cannot hook it", path)}
 	}
 	// Go programs make their socket system calls themselves, not through
 	// the C library, even when they are linked dynamically.
 	if ef.Section(".go.buildinfo") != nil || ef.Section(".note.go.buildid") != nil {
-		return fmt.Errorf("%s is a Go program: it makes its system calls itself, so LD_PRELOAD cannot hook it", path)
+		return errSelfCalling{fmt.Errorf("%s is a Go program: it makes its system calls itself, so LD_PRELOAD cannot hook it", path)}
 	}
 	return nil
 }

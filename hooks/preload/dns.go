@@ -136,28 +136,6 @@ func buildDNS(h dnsmessage.Header, q *dnsmessage.Question, addr []byte) []byte {
 	return out
 }
 
-// serveDNSDgram answers the queries arriving on rc (connected to the
-// program's socket) until the program's socket is gone, ctx ends, or
-// nothing came for udpIdle.
-func (s *Server) serveDNSDgram(ctx context.Context, rc *net.UDPConn) {
-	stop := context.AfterFunc(ctx, func() { rc.Close() })
-	defer stop()
-	defer rc.Close()
-	buf := make([]byte, 65536)
-	for {
-		rc.SetReadDeadline(time.Now().Add(udpIdle))
-		n, err := rc.Read(buf)
-		if err != nil {
-			return
-		}
-		if ans := answerDNS(buf[:n], s.names); ans != nil {
-			if _, err := rc.Write(ans); err != nil {
-				return
-			}
-		}
-	}
-}
-
 // serveDNSStream answers queries in DNS-over-TCP framing (a two-byte
 // length before each message), as many as the program sends.
 func (s *Server) serveDNSStream(ctx context.Context, c net.Conn) {
@@ -188,13 +166,13 @@ func (s *Server) serveDNSStream(ctx context.Context, c net.Conn) {
 
 // dnsAssoc answers UDP_ASSOC for a datagram to a system resolver: the
 // library sends it to a responder of ours instead.
-func (s *Server) dnsAssoc(ctx context.Context, p *peer, fd, family int, resp *response) {
+func (s *Server) dnsAssoc(ctx context.Context, p *peer, fd, family int, key udpKey, resp *response) {
 	local, err := boundAddr(fd, family)
 	if err != nil {
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	rc, _, err := loopbackUDP(fd, family)
+	rc, _, err := s.loopbackUDP(fd, family)
 	if err != nil {
 		resp.setErr(int32(errnoOf(err)))
 		return
@@ -211,16 +189,24 @@ func (s *Server) dnsAssoc(ctx context.Context, p *peer, fd, family int, resp *re
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
+	// The library remembers the responder for the socket's life, and so
+	// does the responder (udp_relay.go).
+	relay, err := s.udp.park.newRelay(ctx, relaySpec{rc: rc, app: from, idle: s.datagramIdle(),
+		ino: key.ino, procNet: s.procNet(p), forget: s.udp.drop(key),
+		answer: func(q []byte) []byte { return answerDNS(q, s.names) }})
+	if err != nil {
+		resp.setErr(int32(errnoOf(err)))
+		return
+	}
 	s.Log.Debug("preload: answering DNS datagrams inside the funnel", "pid", p.pid, "responder", responder.String())
-	go s.serveDNSDgram(ctx, rc)
-	resp.setAddr(rawSockaddr(responder, family))
+	resp.setAddr(rawSockaddr(s.udp.keep(key, relay).addr, family))
 }
 
 // connectDNS connects the program's socket, about to reach a system
 // resolver, to a responder of ours instead.
 func (s *Server) connectDNS(ctx context.Context, p *peer, fd, family, sotype int) unix.Errno {
 	if sotype == unix.SOCK_DGRAM {
-		rc, sa, err := loopbackUDP(fd, family)
+		rc, sa, err := s.loopbackUDP(fd, family)
 		if err != nil {
 			return errnoOf(err)
 		}
@@ -238,11 +224,13 @@ func (s *Server) connectDNS(ctx context.Context, p *peer, fd, family, sotype int
 			rc.Close()
 			return errnoOf(err)
 		}
+		if _, err := s.connectedRelay(ctx, p, fd, relaySpec{rc: rc, app: app, answer: func(q []byte) []byte { return answerDNS(q, s.names) }}); err != nil {
+			return errnoOf(err)
+		}
 		s.Log.Debug("preload: answering DNS datagrams inside the funnel", "pid", p.pid)
-		go s.serveDNSDgram(ctx, rc)
 		return 0
 	}
-	l, sa, err := loopbackTCP(fd, family)
+	l, sa, err := s.loopbackTCP(fd, family)
 	if err != nil {
 		return errnoOf(err)
 	}
@@ -282,9 +270,9 @@ func (s *Server) connectDNS(ctx context.Context, p *peer, fd, family, sotype int
 
 // loopbackTCP is a one-connection listener on loopback that the program's
 // socket of family can reach.
-func loopbackTCP(fd, family int) (*net.TCPListener, unix.Sockaddr, error) {
+func (s *Server) loopbackTCP(fd, family int) (*net.TCPListener, unix.Sockaddr, error) {
 	for _, addr := range []string{"127.0.0.1", "::1"} {
-		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(addr)})
+		l, err := s.listenLoopbackTCP("tcp", net.ParseIP(addr))
 		if err != nil {
 			continue
 		}

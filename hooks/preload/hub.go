@@ -45,14 +45,17 @@ type earlyConn struct {
 
 // relayHubs are made on first use and live as long as the process.
 type relayHubs struct {
-	log    *slog.Logger
+	log *slog.Logger
+	// listen makes the hub's listener where the program's sockets reach
+	// it (Server.listenLoopbackTCP).
+	listen func(string, net.IP) (*net.TCPListener, error)
 	mu     sync.Mutex
 	v4, v6 *relayHub
 	err4   error
 }
 
-func newRelayHub(network string, ip net.IP, log *slog.Logger) (*relayHub, error) {
-	ln, err := net.ListenTCP(network, &net.TCPAddr{IP: ip})
+func newRelayHub(listen func(string, net.IP) (*net.TCPListener, error), network string, ip net.IP, log *slog.Logger) (*relayHub, error) {
+	ln, err := listen(network, ip)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +77,7 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 	defer hs.mu.Unlock()
 	if family == unix.AF_INET6 {
 		if hs.v6 == nil {
-			hs.v6, _ = newRelayHub("tcp6", net.IPv6loopback, hs.log)
+			hs.v6, _ = newRelayHub(hs.listen, "tcp6", net.IPv6loopback, hs.log)
 		}
 		if hs.v6 != nil {
 			return hs.v6, unixSockaddr(hs.v6.addr, unix.AF_INET6), nil
@@ -82,7 +85,7 @@ func (hs *relayHubs) hub(fd, family int) (*relayHub, unix.Sockaddr, error) {
 		// No IPv6 on loopback: a dual-stack socket reaches the IPv4 hub.
 	}
 	if hs.v4 == nil && hs.err4 == nil {
-		hs.v4, hs.err4 = newRelayHub("tcp4", net.IPv4(127, 0, 0, 1), hs.log)
+		hs.v4, hs.err4 = newRelayHub(hs.listen, "tcp4", net.IPv4(127, 0, 0, 1), hs.log)
 	}
 	if hs.err4 != nil {
 		return nil, nil, hs.err4

@@ -34,15 +34,23 @@ type acceptedInfo struct {
 }
 
 type publicListener struct {
-	ln     net.Listener
-	public netip.AddrPort
-	hidden netip.AddrPort
-	family int
-	peer   *peer
-	once   sync.Once
+	ln      net.Listener
+	through net.Listener // the profile's own listener for the program, if any
+	public  netip.AddrPort
+	hidden  netip.AddrPort
+	family  int
+	peer    *peer
+	once    sync.Once
 }
 
-func (pl *publicListener) close() { pl.once.Do(func() { pl.ln.Close() }) }
+func (pl *publicListener) close() {
+	pl.once.Do(func() {
+		pl.ln.Close()
+		if pl.through != nil {
+			pl.through.Close()
+		}
+	})
+}
 
 // hasAcceptor: does any piece act on incoming streams?
 func hasAcceptor(pl *funnel.Pipeline) bool {
@@ -68,7 +76,10 @@ func (s *Server) listen(ctx context.Context, p *peer, req request, fd int, resp 
 		return
 	}
 	family, sotype, _, err := sockInfo(fd)
-	if err != nil || sotype != unix.SOCK_STREAM || (family != unix.AF_INET && family != unix.AF_INET6) || !hasAcceptor(pl) {
+	acceptor, through := hasAcceptor(pl), pl.Listens()
+	// Under the guard the program listens in its own namespace, where
+	// the funnel cannot reach its hidden listener: it listens natively.
+	if err != nil || sotype != unix.SOCK_STREAM || (family != unix.AF_INET && family != unix.AF_INET6) || (!acceptor && !through) || s.guard != nil {
 		resp.setFlags(listenNative)
 		return
 	}
@@ -91,15 +102,28 @@ func (s *Server) listen(ctx context.Context, p *peer, req request, fd int, resp 
 		resp.setErr(int32(unix.EIO))
 		return
 	}
+	var profileLn net.Listener
+	if through {
+		profileLn = s.listenThroughProfile(ctx, p, pl, netx.Unmap(public))
+		if profileLn == nil && !acceptor {
+			// Listening already, which the library's own listen() does
+			// again: harmless.
+			resp.setFlags(listenNative)
+			return
+		}
+	}
 	file := os.NewFile(uintptr(fd), "listener")
 	ln, err := net.FileListener(file)
 	file.Close() // FileListener has its own descriptor
 	taken = true
 	if err != nil {
+		if profileLn != nil {
+			profileLn.Close()
+		}
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	publ := &publicListener{ln: ln, public: netx.Unmap(public), hidden: netx.Unmap(hidden), family: family, peer: p}
+	publ := &publicListener{ln: ln, through: profileLn, public: netx.Unmap(public), hidden: netx.Unmap(hidden), family: family, peer: p}
 	s.inbound.mu.Lock()
 	if old := s.inbound.listeners[publ.hidden]; old != nil {
 		old.close()
@@ -108,6 +132,9 @@ func (s *Server) listen(ctx context.Context, p *peer, req request, fd int, resp 
 	s.inbound.mu.Unlock()
 	s.Log.Debug("preload: listening for the program", "pid", p.pid, "addr", public.String(), "hidden", publ.hidden.String())
 	go s.acceptLoop(ctx, publ)
+	if profileLn != nil {
+		go s.acceptThrough(ctx, publ)
+	}
 	resp.setFlags(listenTaken)
 	resp.setAddr2(rawSockaddr(public, family))
 }
@@ -132,7 +159,7 @@ func (s *Server) serveIncoming(ctx context.Context, publ *publicListener, c net.
 	public := netx.AddrPortOf(c.LocalAddr())
 	f := s.newFlow(publ.peer, funnel.TCP, funnel.Addr{IP: public.Addr(), Port: public.Port()})
 	f.Source = c.RemoteAddr()
-	info := acceptedInfo{client: rawSockaddr(client, publ.family), public: rawSockaddr(public, publ.family)}
+	info := acceptedFor(publ, client, public)
 	var ours netip.AddrPort
 	defer func() {
 		if ours.IsValid() {

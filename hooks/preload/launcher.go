@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -22,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [--allow-unhooked] [--allow-raw] [--allow-io-uring] PROGRAM [ARGS…]
+const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [mode=auto|preload|seccomp] [guard=netns] [io_uring=allow] [--allow-unhooked] [--allow-raw] PROGRAM [ARGS…]
 funtun [global options] [profile=NAME | chain='…'] [--allow-…] -- PROGRAM [ARGS…]
 
 Runs PROGRAM with its network traffic passed through the profile (default:
@@ -39,9 +40,27 @@ with the program's status (128+N when a signal N ended it).
 Use -- when PROGRAM has the name of a funtun command: funtun -- version
 runs a program named version, not funtun's own command.
 
-Statically linked and set-user-ID programs cannot be hooked with
-LD_PRELOAD; funtun refuses to start them rather than let their traffic
-bypass the funnel. --allow-unhooked starts them anyway, with a warning.
+mode=auto, the default, hooks a dynamically linked program with the
+library and keeps the kernel's seccomp filter of mode=seccomp under it as
+a guard: a connect, sendto or sendmsg the library cannot see (a raw
+system call, a child that dropped LD_PRELOAD or is statically linked)
+stops in the kernel, and funtun carries it through the profile too.
+Static and Go programs, which LD_PRELOAD cannot hook, run under
+mode=seccomp. Where the kernel has no seccomp user notification (before
+Linux 5.6), a dynamic program runs with the library alone, with a warning.
+
+mode=seccomp hooks any program without the library: the kernel stops its
+connect, sendto, sendmsg and the like and funtun carries them out for it
+through the profile (every child the program starts stays hooked,
+whatever its environment). mode=preload is the library alone, without
+the guard: a little faster for programs that make many Unix-socket
+sendmsg/recvmsg calls (desktop IPC), which the guard stops and lets go
+on. See docs/hooks/seccomp.md.
+
+Set-user-ID programs and programs of another machine cannot be hooked
+with LD_PRELOAD (nor, under mode=preload, static and Go programs):
+funtun refuses to start them rather than let their traffic bypass the
+funnel. --allow-unhooked starts them anyway, with a warning.
 
 Raw IP, packet and ICMP echo ("ping") sockets carry packets that no piece
 of the profile could see, so the program cannot make them (EACCES,
@@ -57,7 +76,18 @@ file-capability program that the program starts (sudo, su, ping as a
 user) does not gain its privileges. --allow-io-uring runs the program
 without the filter, with a warning: its io_uring traffic bypasses the
 funnel. When the kernel cannot install the filter, funtun refuses to
-start the program unless --allow-io-uring is given.
+start the program unless --allow-io-uring is given. io_uring=allow is the
+same as --allow-io-uring.
+
+guard=netns runs the program in a network namespace of its own with
+loopback only (through a user namespace for an ordinary user): a call
+that escapes the library has nowhere to go, while the funnel, outside,
+carries every flow the profile allows (always by relay; the program's
+listening sockets are reachable from inside the namespace only). Where
+the system forbids the namespaces, funtun refuses to run the program.
+
+A profile may set the last two itself, on lines above its chain:
+"option guard=netns", "option io_uring=allow"; the command line wins.
 
 --debug logs every flow: one the funnel relayed with its byte counts, one
 handed off to the program's own socket ("flow handed off") or connected
@@ -92,7 +122,9 @@ type launchArgs struct {
 	sel           funnel.Selector
 	allowUnhooked bool
 	allowRaw      bool
-	allowIOUring  bool
+	mode          string // mode=preload|seccomp|auto; "" is auto
+	guard         string // guard=… on the command line; "" leaves it to the profile
+	ioUring       string // io_uring=…, likewise
 	program       string
 	args          []string
 }
@@ -114,10 +146,25 @@ func parseLaunch(args []string) (launchArgs, bool, error) {
 			return la, true, nil
 		case a == "--allow-unhooked":
 			la.allowUnhooked = true
+		case strings.HasPrefix(a, "mode="):
+			la.mode = strings.TrimPrefix(a, "mode=")
+			if err := checkMode(la.mode); err != nil {
+				return la, false, err
+			}
 		case a == "--allow-raw":
 			la.allowRaw = true
 		case a == "--allow-io-uring":
-			la.allowIOUring = true
+			la.ioUring = "allow"
+		case strings.HasPrefix(a, optionGuard+"=") || strings.HasPrefix(a, optionIOUring+"="):
+			key, value, _ := strings.Cut(a, "=")
+			if err := checkOptionValue(key)(value); err != nil {
+				return la, false, fmt.Errorf("%s: %v", key, err)
+			}
+			if key == optionGuard {
+				la.guard = value
+			} else {
+				la.ioUring = value
+			}
 		case strings.HasPrefix(a, "profile=") || strings.HasPrefix(a, "chain="):
 			sel, rest, err := funnel.TakeSelector([]string{a})
 			if err != nil {
@@ -165,27 +212,39 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "funtun: %s: command not found\n", la.program)
 		return 127
 	}
-	if err := checkHookable(path); err != nil {
+	hookErr := checkHookable(path)
+	var guarded bool
+	la.mode, guarded = launchMode(la.mode, hookErr)
+	if la.mode == modeSeccomp {
+		warnSupervised(env.Stderr, path, hookErr)
+	} else if err := hookErr; err != nil {
 		if !la.allowUnhooked {
 			fmt.Fprintf(env.Stderr, "funtun: %v\nfuntun: refusing to run it, since its traffic would bypass the funnel (--allow-unhooked runs it anyway)\n", err)
 			return 126
 		}
 		fmt.Fprintf(env.Stderr, "funtun: warning: %v\nfuntun: warning: running it UNHOOKED: its traffic does not pass through the funnel\n", err)
 	}
-	lib, err := FindLibrary()
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
-		return 1
+	var lib string
+	if la.mode == modePreload {
+		if lib, err = FindLibrary(); err != nil {
+			fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+			return 1
+		}
 	}
 	eng, err := funnel.NewEngine(env.Catalog(), launcherLog(env.Log))
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
 		return 1
 	}
-	if _, err := eng.Resolve(la.sel); err != nil {
+	pl, err := eng.Resolve(la.sel)
+	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
 		return 1
 	}
+	la.takeProfileOptions(pl)
+	// guard=netns leaves a call that escapes the library nowhere to go:
+	// the seccomp guard would add a cost and catch nothing more.
+	guarded = guarded && la.guard != "netns"
 
 	dir, err := os.MkdirTemp("", "funtun-")
 	if err != nil {
@@ -197,13 +256,22 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 	// privileges keeps its funnel) but not list the directory; the server
 	// checks every connection's credentials as well.
 	os.Chmod(dir, 0o711)
-	lib, err = preloadablePath(lib, dir)
+	if lib != "" {
+		lib, err = preloadablePath(lib, dir)
+	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
 		return 1
 	}
 	sock := filepath.Join(dir, "control")
 	srv := NewServer(eng, la.sel)
+	if la.guard == "netns" {
+		if srv.guard, err = newNetnsGuard(); err != nil {
+			fmt.Fprintf(env.Stderr, "funtun: %v\n", err)
+			return 1
+		}
+		defer srv.guard.close()
+	}
 	l, err := srv.Listen(sock)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "funtun: cannot make the control socket: %v\n", err)
@@ -225,23 +293,36 @@ func Launch(ctx context.Context, env *cli.Env, args []string) int {
 	defer inherited.close()
 
 	environ := childEnv(os.Environ(), lib, sock)
+	if la.mode == modeSeccomp {
+		environ = supervisedEnv(os.Environ())
+	}
 	if la.allowRaw {
 		environ = append(environ, "FUNTUN_ALLOW_RAW=1")
 	}
 	start := startWithoutIOUring
-	if la.allowIOUring {
-		env.Log.Warn("io_uring allowed (--allow-io-uring): connections the program makes through io_uring bypass the funnel and its profile", "program", path)
+	if la.ioUring == "allow" {
+		env.Log.Warn("io_uring allowed (io_uring=allow): connections the program makes through io_uring bypass the funnel and its profile", "program", path)
 		start = func(f func() (*os.Process, error)) (*os.Process, error) { return f() }
 	}
-	code := supervise(env, path, append([]string{la.program}, la.args...), append(environ, inherited.env()...), inherited, start)
+	supervision := &Supervision{}
+	if la.mode == modeSeccomp {
+		start = srv.startSupervised(sctx, la.ioUring == "allow", la.allowRaw, false, supervision, 0)
+	} else if guarded {
+		pass := libraryPass()
+		environ = append(environ, fmt.Sprintf("%s=%016x", guardPassEnv, pass))
+		start = guardedStart(srv.startSupervised(sctx, la.ioUring == "allow", la.allowRaw, true, supervision, pass), start, env.Stderr, path)
+	}
+	code := supervise(env, path, append([]string{la.program}, la.args...), append(environ, inherited.env()...), inherited, start, srv.guard)
 	srv.waitIdle(250 * time.Millisecond)
+	// What the program left running keeps its socket calls answered.
+	supervision.HandOver()
 	return code
 }
 
 // childEnv adds the library to LD_PRELOAD (after any the user has) and
 // names the control socket. FUNTUN_ALLOW_RAW is dropped: raw sockets are
 // allowed by this launcher's --allow-raw only, never by an environment
-// that happens to have it.
+// that happens to have it; so is an outer launcher's guard pass.
 func childEnv(environ []string, lib, sock string) []string {
 	out := make([]string, 0, len(environ)+2)
 	preload := lib
@@ -251,7 +332,7 @@ func childEnv(environ []string, lib, sock string) []string {
 			if old := strings.TrimSpace(strings.TrimPrefix(kv, "LD_PRELOAD=")); old != "" {
 				preload = old + " " + lib
 			}
-		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="), strings.HasPrefix(kv, "FUNTUN_LISTEN_FED="):
+		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="), strings.HasPrefix(kv, "FUNTUN_LISTEN_FED="), strings.HasPrefix(kv, guardPassEnv+"="):
 		default:
 			out = append(out, kv)
 		}
@@ -325,7 +406,7 @@ var terminalSignals = map[os.Signal]bool{syscall.SIGINT: true, syscall.SIGQUIT: 
 // supervise runs the program in our own process group (it keeps the
 // terminal: no new group, no new session), passes signals on, follows it
 // into job-control stops, and returns its exit status.
-func supervise(env *cli.Env, path string, argv, environ []string, inherited *inheritedSockets, start func(func() (*os.Process, error)) (*os.Process, error)) int {
+func supervise(env *cli.Env, path string, argv, environ []string, inherited *inheritedSockets, start func(func() (*os.Process, error)) (*os.Process, error), guard *netnsGuard) int {
 	sigs := make(chan os.Signal, 16)
 	// Caught, not ignored: a caught signal is back to its default in the
 	// program after exec, an ignored one stays ignored there.
@@ -344,12 +425,24 @@ func supervise(env *cli.Env, path string, argv, environ []string, inherited *inh
 		// program's pid before it execs the program.
 		exe, args = activate.StepArgs(path, argv)
 	}
-	proc, err := start(func() (*os.Process, error) {
-		return os.StartProcess(exe, args, &os.ProcAttr{
-			Env:   environ,
-			Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, inherited.files()...),
-		})
-	})
+	attr := &os.ProcAttr{
+		Env:   environ,
+		Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, inherited.files()...),
+	}
+	if guard != nil {
+		exe, args = guard.wrap(exe, args, attr)
+	}
+	proc, err := start(func() (*os.Process, error) { return startProcess(exe, args, attr) })
+	if guard != nil {
+		guard.started()
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "funtun: %v\nfuntun: refusing to run %s without the guard\n", guard.startError(err), path)
+			return 126
+		}
+	}
+	if supervisedRefusal(env.Stderr, err, path) {
+		return 126
+	}
 	var noFilter errNoFilter
 	if errors.As(err, &noFilter) {
 		fmt.Fprintf(env.Stderr, "funtun: %v\nfuntun: refusing to run %s, since its io_uring traffic would bypass the funnel (--allow-io-uring runs it without the filter)\n", noFilter, path)
@@ -409,4 +502,26 @@ func supervise(env *cli.Env, path string, argv, environ []string, inherited *inh
 			}
 		}
 	}
+}
+
+// startProcess is os.StartProcess without the probe for pidfd support
+// that os runs on its first start, which forks and reaps a child of its
+// own: a second fork in every launch. The launcher needs no pidfd: it
+// waits for the program by its pid, and the Process it returns works by
+// pid as one from os does where pidfds are missing.
+func startProcess(exe string, args []string, attr *os.ProcAttr) (*os.Process, error) {
+	fds := make([]uintptr, len(attr.Files))
+	for i, f := range attr.Files {
+		fds[i] = f.Fd()
+	}
+	env := attr.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	pid, err := syscall.ForkExec(exe, args, &syscall.ProcAttr{Dir: attr.Dir, Env: env, Files: fds, Sys: attr.Sys})
+	runtime.KeepAlive(attr)
+	if err != nil {
+		return nil, &os.PathError{Op: "fork/exec", Path: exe, Err: err}
+	}
+	return &os.Process{Pid: pid}, nil
 }

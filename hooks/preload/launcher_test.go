@@ -108,20 +108,26 @@ func goProgram(t *testing.T, cgo string) string {
 	return bin
 }
 
+// TestLauncherRefusesStatic: mode=preload, the library alone, refuses
+// what it cannot hook; the default mode runs it under the supervisor.
 func TestLauncherRefusesStatic(t *testing.T) {
 	bin := staticProgram(t)
 	out, stderr, err := run(t, launcher(t, "profile=direct", bin), "")
+	if err != nil || out != "static ran\n" {
+		t.Fatalf("the default mode: %v, out %q, stderr %q", err, out, stderr)
+	}
+	out, stderr, err = run(t, launcher(t, "mode=preload", "profile=direct", bin), "")
 	if exitCode(err) != 126 || out != "" || !strings.Contains(stderr, "statically linked") || !strings.Contains(stderr, "--allow-unhooked") {
 		t.Fatalf("static program: exit %d, out %q, stderr %q", exitCode(err), out, stderr)
 	}
-	out, stderr, err = run(t, launcher(t, "profile=direct", "--allow-unhooked", bin), "")
+	out, stderr, err = run(t, launcher(t, "mode=preload", "profile=direct", "--allow-unhooked", bin), "")
 	if err != nil || out != "static ran\n" || !strings.Contains(stderr, "UNHOOKED") {
 		t.Fatalf("--allow-unhooked: %v, out %q, stderr %q", err, out, stderr)
 	}
 	// A Go program linked dynamically still makes its own system calls.
 	if _, err := exec.LookPath("cc"); err == nil {
 		dyn := goProgram(t, "1")
-		_, stderr, err = run(t, launcher(t, "profile=direct", dyn), "")
+		_, stderr, err = run(t, launcher(t, "mode=preload", "profile=direct", dyn), "")
 		if exitCode(err) != 126 || !strings.Contains(stderr, "is a Go program") {
 			t.Fatalf("dynamically linked Go program: exit %d, %q", exitCode(err), stderr)
 		}
@@ -129,7 +135,7 @@ func TestLauncherRefusesStatic(t *testing.T) {
 	// A script is judged by its interpreter.
 	script := filepath.Join(t.TempDir(), "script")
 	os.WriteFile(script, []byte("#!"+bin+"\n"), 0o755)
-	_, stderr, err = run(t, launcher(t, "profile=direct", script), "")
+	_, stderr, err = run(t, launcher(t, "mode=preload", "profile=direct", script), "")
 	if exitCode(err) != 126 || !strings.Contains(stderr, "statically linked") {
 		t.Fatalf("script with a static interpreter: exit %d, %q", exitCode(err), stderr)
 	}

@@ -4,22 +4,19 @@ package preload
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/funtun/funtun/funnel"
 	"golang.org/x/sys/unix"
 )
 
-// udpIdle ends a relayed datagram flow after this long without traffic:
-// a UDP socket's close is not seen from here.
+// udpIdle ends a relayed datagram flow after this long without traffic
+// (its relay stays while the program's socket lives: udp_relay.go).
 const udpIdle = 2 * time.Minute
 
 // relayAcceptWait bounds how long a relay waits for the program's socket
@@ -158,7 +155,9 @@ type handoffTarget struct {
 
 func (s *Server) connectStream(ctx context.Context, f *funnel.Flow, pl *funnel.Pipeline, fd, family int, asked handoffTarget) unix.Errno {
 	r := s.Engine.Begin(f, pl)
-	f.Handoff = true
+	// Under the guard the program's socket lives where only loopback is:
+	// it reaches the destination through a relay only.
+	f.Handoff = s.guard == nil
 	up, err := r.DialStream(ctx)
 	if err != nil {
 		r.End(err)
@@ -251,7 +250,7 @@ func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pi
 	// When what comes back is direct's own kernel socket, no piece touches
 	// the datagrams: connect the program's socket to the same place and
 	// drop ours — the datagram form of a handoff.
-	if u, ok := dg.(*funnel.UDPConn); ok {
+	if u, ok := dg.(*funnel.UDPConn); ok && s.guard == nil {
 		if ra, ok := u.RemoteAddr().(*net.UDPAddr); ok {
 			if sa, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
 				u.Close()
@@ -261,7 +260,7 @@ func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pi
 			}
 		}
 	}
-	rc, sa, err := loopbackUDP(fd, family)
+	rc, sa, err := s.loopbackUDP(fd, family)
 	if err != nil {
 		dg.Close()
 		r.End(err)
@@ -285,74 +284,14 @@ func (s *Server) connectDgram(ctx context.Context, f *funnel.Flow, pl *funnel.Pi
 	}
 	f.Source = net.UDPAddrFromAddrPort(app)
 	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "dst", f.Dest.String())
-	go func() {
-		stop := context.AfterFunc(ctx, func() { rc.Close(); dg.Close() })
-		defer stop()
-		r.End(relayDatagrams(rc, dg, f, app))
-	}()
+	// The relay stays while the program's socket lives (udp_relay.go):
+	// it stays connected to it after this flow ends.
+	if err := s.relayConnected(ctx, f, rc, app, fd, r, dg); err != nil {
+		dg.Close()
+		r.End(err)
+		return errnoOf(err)
+	}
 	return 0
-}
-
-// relayDatagrams carries datagrams between the program (on rc, connected
-// to it) and the chain until either side fails or both are idle.
-func relayDatagrams(rc *net.UDPConn, dg funnel.DgramConn, f *funnel.Flow, app netip.AddrPort) error {
-	last := newActivity()
-	upErr := make(chan error, 1)
-	go func() {
-		for {
-			fr := funnel.NewFrame()
-			n, err := rc.Read(fr.Room())
-			if err != nil {
-				fr.Release()
-				dg.Close()
-				upErr <- err
-				return
-			}
-			fr.SetLen(n)
-			fr.Src = app
-			fr.Time = time.Now()
-			last.touch()
-			f.Up.Add(int64(n))
-			if err := dg.WriteFrame(fr); err != nil {
-				rc.Close()
-				upErr <- err
-				return
-			}
-		}
-	}()
-	var err error
-	for {
-		dg.SetReadDeadline(time.Now().Add(udpIdle))
-		fr, rerr := dg.ReadFrame()
-		if rerr != nil {
-			if errors.Is(rerr, os.ErrDeadlineExceeded) && last.since() < udpIdle {
-				continue
-			}
-			if !errors.Is(rerr, os.ErrDeadlineExceeded) && !errors.Is(rerr, net.ErrClosed) {
-				err = rerr
-			}
-			break
-		}
-		last.touch()
-		f.Down.Add(int64(fr.Len()))
-		_, werr := rc.Write(fr.Bytes())
-		fr.Release()
-		if werr != nil {
-			// The program closed its socket: the kernel answers our
-			// datagram with "port unreachable".
-			if !errors.Is(werr, unix.ECONNREFUSED) {
-				err = werr
-			}
-			break
-		}
-	}
-	rc.Close()
-	dg.Close()
-	uerr := <-upErr
-	if err == nil && uerr != nil && !errors.Is(uerr, net.ErrClosed) && !errors.Is(uerr, unix.ECONNREFUSED) {
-		err = uerr
-	}
-	return err
 }
 
 // socketAddr is where to connect a socket of family for addr, or false
@@ -423,14 +362,14 @@ func waitConnected(fd int) unix.Errno {
 	return unix.Errno(soerr)
 }
 
-func loopbackUDP(fd, family int) (*net.UDPConn, unix.Sockaddr, error) {
+func (s *Server) loopbackUDP(fd, family int) (*net.UDPConn, unix.Sockaddr, error) {
 	if family == unix.AF_INET6 {
-		if c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback}); err == nil {
+		if c, err := s.listenLoopbackUDP("udp6", net.IPv6loopback); err == nil {
 			ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
 			return c, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, nil
 		}
 	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	c, err := s.listenLoopbackUDP("udp4", net.IPv4(127, 0, 0, 1))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -468,16 +407,3 @@ func connectConn(c *net.UDPConn, to netip.AddrPort) error {
 	}
 	return cerr
 }
-
-// activity is the time of a flow's last datagram, either way.
-type activity struct{ last atomic.Int64 }
-
-func newActivity() *activity {
-	a := &activity{}
-	a.touch()
-	return a
-}
-
-func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
-
-func (a *activity) since() time.Duration { return time.Since(time.Unix(0, a.last.Load())) }

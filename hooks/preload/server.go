@@ -41,15 +41,22 @@ type Server struct {
 	names   *synthTable
 	inbound inboundTable
 	udp     udpTable
+	udpIn   udpInTable // sockets the profile receives datagrams for (inbound_udp.go)
 	hubs    relayHubs
-	uid     int
-	pid     int
+	// guard, under guard=netns, makes the loopback sockets that the
+	// program's sockets reach inside its own network namespace.
+	guard *netnsGuard
+	uid   int
+	pid   int
 
 	usersMu sync.Mutex
 	users   map[uint32]string
 
 	connsMu sync.Mutex
 	conns   map[*net.UnixConn]bool
+	// drained, while waitIdle waits, is closed when the last control
+	// connection ends.
+	drained chan struct{}
 
 	// connectRequests counts CONNECT round trips: the plain-direct fast
 	// path in the library shows as connections that never add to it.
@@ -58,7 +65,7 @@ type Server struct {
 
 // NewServer makes a server whose flows go through the profile sel names.
 func NewServer(e *funnel.Engine, sel funnel.Selector) *Server {
-	return &Server{
+	s := &Server{
 		Engine:   e,
 		Selector: sel,
 		Log:      e.Log,
@@ -68,12 +75,13 @@ func NewServer(e *funnel.Engine, sel funnel.Selector) *Server {
 		users:    map[uint32]string{},
 		conns:    map[*net.UnixConn]bool{},
 		hubs:     relayHubs{log: e.Log},
-		udp:      udpTable{relays: map[udpKey]netip.AddrPort{}},
 		inbound: inboundTable{
 			pending:   map[netip.AddrPort]acceptedInfo{},
 			listeners: map[netip.AddrPort]*publicListener{},
 		},
 	}
+	s.hubs.listen = s.listenLoopbackTCP
+	return s
 }
 
 // Listen makes the control socket at path. The socket itself is open to
@@ -109,9 +117,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		s.connsMu.Unlock()
 		go func() {
 			s.serveConn(ctx, uc)
-			s.connsMu.Lock()
-			delete(s.conns, uc)
-			s.connsMu.Unlock()
+			s.dropConn(uc)
 		}()
 	}, s.Log)
 	if ctx.Err() != nil {
@@ -137,8 +143,16 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	s.serveConn(ctx, c)
+	s.dropConn(c)
+}
+
+func (s *Server) dropConn(c *net.UnixConn) {
 	s.connsMu.Lock()
 	delete(s.conns, c)
+	if len(s.conns) == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
 	s.connsMu.Unlock()
 }
 
@@ -146,16 +160,26 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) {
 // program sent just before it exited (a failed fast-path connect) are
 // read and logged before the launcher exits. A process the program left
 // running keeps its connection, and the wait its bound.
+//
+// It wakes when the last connection ends rather than polling: the
+// launcher exits with the program, and a poll's period would be added to
+// every run of a program that used the network.
 func (s *Server) waitIdle(d time.Duration) {
-	deadline := time.Now().Add(d)
-	for {
-		s.connsMu.Lock()
-		n := len(s.conns)
+	s.connsMu.Lock()
+	if len(s.conns) == 0 {
 		s.connsMu.Unlock()
-		if n == 0 || time.Now().After(deadline) {
-			return
-		}
-		time.Sleep(2 * time.Millisecond)
+		return
+	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	drained := s.drained
+	s.connsMu.Unlock()
+	bound := time.NewTimer(d)
+	defer bound.Stop()
+	select {
+	case <-drained:
+	case <-bound.C:
 	}
 }
 
@@ -319,7 +343,7 @@ func takeFD(oob []byte) int {
 }
 
 func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp *response) {
-	needFD := req.Op == opConnect || req.Op == opListen || req.Op == opUDPAssoc
+	needFD := req.Op == opConnect || req.Op == opListen || req.Op == opUDPAssoc || req.Op == opUDPBind
 	if needFD && fd < 0 {
 		resp.setErr(int32(unix.EBADF))
 		return
@@ -332,7 +356,9 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 		s.connectRequests.Add(1)
 		errno, plain := s.connect(ctx, p, req, fd)
 		resp.setErr(int32(errno))
-		if plain {
+		// Under the guard the library cannot connect anything itself:
+		// its namespace has loopback only.
+		if plain && s.guard == nil {
 			var fl uint32 = connectPlainDirect
 			if s.Log.Enabled(ctx, slog.LevelInfo) {
 				// Successful flows are logged (--debug): the library is to
@@ -355,6 +381,10 @@ func (s *Server) handle(ctx context.Context, p *peer, req request, fd int, resp 
 		s.fed(req, resp)
 	case opUDPAssoc:
 		s.udpAssoc(ctx, p, req, fd, resp)
+	case opUDPBind:
+		s.udpBind(ctx, p, req, fd, resp)
+	case opUDPPeer:
+		s.udpPeer(req, resp)
 	default:
 		resp.setErr(int32(unix.ENOSYS))
 	}

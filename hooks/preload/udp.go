@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/funtun/funtun/funnel"
 	"github.com/funtun/funtun/internal/netx"
@@ -18,17 +19,92 @@ import (
 // destination itself when what the profile gives back is direct's own
 // kernel socket (nothing touches the datagrams), else a relay of ours on
 // loopback that carries them through the pieces. A relay serves one
-// program socket and one destination, and ends when idle or when the
-// program's socket is gone.
+// program socket and one destination, for as long as the socket lives
+// (udp_relay.go); its flows end when idle.
 type udpTable struct {
+	// idle ends a relayed flow after that long without a datagram
+	// either way (nanoseconds); 0 is udpIdle.
+	idle atomic.Int64
+	park relayPark
+
 	mu     sync.Mutex
-	relays map[udpKey]netip.AddrPort // -> the relay's address
+	relays map[uint64]map[string]*dgramRelay // by the program's socket, then destination
+	// connected is the relay a socket connected through the funnel
+	// talks to: a socket connected again leaves the old one unused.
+	connected map[uint64]*dgramRelay
 }
 
+// maxSocketRelays bounds the destinations one socket has relays to (a
+// DHT node or a DNS forwarder sends to thousands), so that it cannot take
+// every other socket's relays past the server's limit: past it, its
+// relay idle longest gives way. The library remembers fewer (512, for all
+// of a process's sockets) and asks again for what it forgot.
+const maxSocketRelays = 1024
+
 type udpKey struct {
-	app  netip.AddrPort // the program's socket as the relay sees it
+	ino  uint64 // the program's socket
 	dest string
 }
+
+// lookup is the relay that already serves key.
+func (t *udpTable) lookup(key udpKey) *dgramRelay {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.relays[key.ino][key.dest]
+}
+
+// keep files relay under key, unless another got there first (two
+// threads asked at once): then relay closes, and the other serves.
+func (t *udpTable) keep(key udpKey, relay *dgramRelay) *dgramRelay {
+	t.mu.Lock()
+	byDest := t.relays[key.ino]
+	if existing := byDest[key.dest]; existing != nil {
+		t.mu.Unlock()
+		relay.close()
+		return existing
+	}
+	if t.relays == nil {
+		t.relays = map[uint64]map[string]*dgramRelay{}
+	}
+	if byDest == nil {
+		byDest = map[string]*dgramRelay{}
+		t.relays[key.ino] = byDest
+	}
+	var victim *dgramRelay
+	if len(byDest) >= maxSocketRelays {
+		var victimDest string
+		for dest, r := range byDest {
+			if r.idle() && (victim == nil || r.lastUsed.Load() < victim.lastUsed.Load()) {
+				victim, victimDest = r, dest
+			}
+		}
+		delete(byDest, victimDest)
+	}
+	byDest[key.dest] = relay
+	t.mu.Unlock()
+	if victim != nil {
+		victim.close()
+	}
+	return relay
+}
+
+// drop is a relay's forget for key.
+func (t *udpTable) drop(key udpKey) func(*dgramRelay) {
+	return func(relay *dgramRelay) {
+		t.mu.Lock()
+		if byDest := t.relays[key.ino]; byDest[key.dest] == relay {
+			delete(byDest, key.dest)
+			if len(byDest) == 0 {
+				delete(t.relays, key.ino)
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// UDPRelays is the number of datagram relays open now, each one
+// descriptor: they close when the program's socket is gone.
+func (s *Server) UDPRelays() int { return s.udp.park.count() }
 
 func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, resp *response) {
 	defer unix.Close(fd)
@@ -51,13 +127,26 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 		resp.setErr(int32(unix.EAFNOSUPPORT))
 		return
 	}
-	if isSystemResolver(ap) {
-		s.dnsAssoc(ctx, p, fd, family, resp)
-		return
-	}
 	dest, err := s.destination(ap)
 	if err != nil {
 		resp.setErr(int32(errnoOf(err)))
+		return
+	}
+	ino, err := socketInode(fd)
+	if err != nil {
+		resp.setErr(int32(errnoOf(err)))
+		return
+	}
+	key := udpKey{ino: ino, dest: dest.String()}
+	// The library forgot (its table is small), or a supervisor asks
+	// again: the relay is still there, and no upstream is dialed for
+	// nothing.
+	if existing := s.udp.lookup(key); existing != nil {
+		resp.setAddr(rawSockaddr(existing.addr, family))
+		return
+	}
+	if isSystemResolver(ap) {
+		s.dnsAssoc(ctx, p, fd, family, key, resp)
 		return
 	}
 	pl, err := s.Engine.Resolve(s.Selector)
@@ -82,7 +171,7 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 		return
 	}
 	asked := handoffTarget{ap: netx.Unmap(ap), scope: scope}
-	if u, ok := dg.(*funnel.UDPConn); ok {
+	if u, ok := dg.(*funnel.UDPConn); ok && s.guard == nil {
 		if ra, ok := u.RemoteAddr().(*net.UDPAddr); ok {
 			if _, ok := socketAddr(fd, family, ra.AddrPort(), asked); ok {
 				u.Close()
@@ -92,53 +181,105 @@ func (s *Server) udpAssoc(ctx context.Context, p *peer, req request, fd int, res
 			}
 		}
 	}
-	rc, _, err := loopbackUDP(fd, family)
+	if relay, ok, err := s.listenedAssoc(ctx, fd, asked.ap, dest, r, dg); ok {
+		// A socket the profile receives for: its relay lives with it.
+		if err != nil {
+			dg.Close()
+			r.End(err)
+			resp.setErr(int32(errnoOf(err)))
+			return
+		}
+		resp.setAddr(rawSockaddr(relay, family))
+		return
+	}
+	rc, _, err := s.loopbackUDP(fd, family)
 	if err != nil {
 		dg.Close()
 		r.End(err)
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	relay := rc.LocalAddr().(*net.UDPAddr).AddrPort()
+	relayAddr := rc.LocalAddr().(*net.UDPAddr).AddrPort()
 	from := local
 	if !from.Addr().Unmap().IsValid() || from.Addr().IsUnspecified() || from.Addr().Unmap().IsUnspecified() {
 		// A wildcard-bound socket sends to loopback from loopback.
-		from = netip.AddrPortFrom(relay.Addr(), local.Port())
-	} else if relay.Addr().Is4() {
+		from = netip.AddrPortFrom(relayAddr.Addr(), local.Port())
+	} else if relayAddr.Addr().Is4() {
 		from = netx.Unmap(from)
 	}
-	key := udpKey{app: from, dest: dest.String()}
-	s.udp.mu.Lock()
-	if existing, ok := s.udp.relays[key]; ok {
-		// The library forgot (its table is small): the relay is still there.
-		s.udp.mu.Unlock()
-		rc.Close()
-		dg.Close()
-		r.Abandon()
-		resp.setAddr(rawSockaddr(existing, family))
-		return
-	}
 	if err := connectConn(rc, from); err != nil {
-		s.udp.mu.Unlock()
 		rc.Close()
 		dg.Close()
 		r.End(err)
 		resp.setErr(int32(errnoOf(err)))
 		return
 	}
-	s.udp.relays[key] = relay
-	s.udp.mu.Unlock()
-	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "pid", p.pid, "dst", dest.String(), "relay", relay.String())
-	go func() {
-		stop := context.AfterFunc(ctx, func() { rc.Close(); dg.Close() })
-		defer stop()
-		err := relayDatagrams(rc, dg, f, from)
-		s.udp.mu.Lock()
-		delete(s.udp.relays, key)
-		s.udp.mu.Unlock()
+	relay, err := s.udp.park.newRelay(ctx, relaySpec{
+		rc: rc, app: from, idle: s.datagramIdle(), open: s.redial(ctx, p, dest, f.Source),
+		ino: ino, procNet: s.procNet(p), forget: s.udp.drop(key),
+	})
+	if err != nil {
+		dg.Close()
 		r.End(err)
-	}()
-	resp.setAddr(rawSockaddr(relay, family))
+		resp.setErr(int32(errnoOf(err)))
+		return
+	}
+	if kept := s.udp.keep(key, relay); kept != relay {
+		dg.Close()
+		r.Abandon()
+		resp.setAddr(rawSockaddr(kept.addr, family))
+		return
+	}
+	s.Log.Debug("preload: relaying datagrams through the pieces", "flow", f.ID, "pid", p.pid, "dst", dest.String(), "relay", relay.addr.String())
+	relay.attach(r, dg)
+	resp.setAddr(rawSockaddr(relay.addr, family))
+}
+
+// relayConnected carries the flow (r, dg) of a socket connected through
+// the funnel, and its later flows, on a relay (rc, connected to the
+// program's socket at app).
+func (s *Server) relayConnected(ctx context.Context, f *funnel.Flow, rc *net.UDPConn, app netip.AddrPort, fd int, r *funnel.Run, dg funnel.DgramConn) error {
+	p := peerOf(f)
+	relay, err := s.connectedRelay(ctx, p, fd, relaySpec{rc: rc, app: app, open: s.redial(ctx, p, f.Dest, f.Source)})
+	if err != nil {
+		return err
+	}
+	relay.attach(r, dg)
+	return nil
+}
+
+// connectedRelay parks the relay a socket connected through the funnel
+// talks to, in place of the one it was connected to before (which no
+// datagram reaches any more).
+func (s *Server) connectedRelay(ctx context.Context, p *peer, fd int, spec relaySpec) (*dgramRelay, error) {
+	ino, err := socketInode(fd)
+	if err != nil {
+		spec.rc.Close()
+		return nil, err
+	}
+	spec.idle, spec.ino, spec.procNet = s.datagramIdle(), ino, s.procNet(p)
+	spec.forget = func(relay *dgramRelay) {
+		s.udp.mu.Lock()
+		if s.udp.connected[ino] == relay {
+			delete(s.udp.connected, ino)
+		}
+		s.udp.mu.Unlock()
+	}
+	relay, err := s.udp.park.newRelay(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	s.udp.mu.Lock()
+	old := s.udp.connected[ino]
+	if s.udp.connected == nil {
+		s.udp.connected = map[uint64]*dgramRelay{}
+	}
+	s.udp.connected[ino] = relay
+	s.udp.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return relay, nil
 }
 
 // boundAddr is the socket's address, binding it to the wildcard address

@@ -8,11 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,64 +44,6 @@ func roundTrip(t *testing.T, c net.Conn) {
 
 func local(port uint16) funnel.Addr { return funnel.MakeAddr("127.0.0.1", port) }
 
-// startDanted runs dante's server in the foreground, accepting clients from
-// clientNet only and reaching out from external (an interface or address). danted forks helper processes that outlive a killed
-// parent, so it gets its own process group and the whole group is stopped.
-func startDanted(t *testing.T, clientNet, external string) string {
-	t.Helper()
-	bin := testutil.NeedTool(t, "danted")
-	port := testutil.FreePort(t)
-	conf := filepath.Join(t.TempDir(), "danted.conf")
-	text := fmt.Sprintf(`logoutput: stderr
-internal: 127.0.0.1 port = %d
-external: %s
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {
-	from: %s to: 0.0.0.0/0
-}
-socks pass {
-	from: 0.0.0.0/0 to: 0.0.0.0/0
-	command: connect udpassociate
-}
-socks pass {
-	from: 0.0.0.0/0 to: 0.0.0.0/0
-	command: udpreply
-}
-`, port, external, clientNet)
-	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-f", conf)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		// Helpers may still be on their way out; make sure none is left.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("danted output:\n%s", out.String())
-		}
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	testutil.WaitListen(t, addr)
-	return addr
-}
-
 func TestConnectMicrosocks(t *testing.T) {
 	server := testutil.StartMicrosocks(t)
 	port, _ := testutil.DualStackEcho(t, "")
@@ -125,7 +63,7 @@ func TestConnectMicrosocks(t *testing.T) {
 }
 
 func TestConnectDanted(t *testing.T) {
-	server := startDanted(t, "127.0.0.1/32", "lo")
+	server := testutil.StartDanted(t, "127.0.0.1/32", "lo")
 	port, _ := testutil.DualStackEcho(t, "")
 	for _, dest := range []funnel.Addr{local(port), funnel.MakeAddr("localhost", port)} {
 		c, err := dial(t, "socks5 server="+server, dest)
@@ -142,7 +80,7 @@ func TestConnectDanted(t *testing.T) {
 // only succeed by going through microsocks first.
 func TestChainMicrosocksThenDanted(t *testing.T) {
 	micro := testutil.StartMicrosocks(t, "-b", "127.0.0.2")
-	dante := startDanted(t, "127.0.0.2/32", "lo")
+	dante := testutil.StartDanted(t, "127.0.0.2/32", "lo")
 	port, peers := testutil.DualStackEcho(t, "")
 
 	if c, err := dial(t, "socks5 server="+dante, local(port)); err == nil {
@@ -205,7 +143,7 @@ func TestRefused(t *testing.T) {
 	closed := uint16(testutil.FreePort(t))
 	for name, server := range map[string]string{
 		"microsocks": testutil.StartMicrosocks(t),
-		"danted":     startDanted(t, "127.0.0.1/32", "lo"),
+		"danted":     testutil.StartDanted(t, "127.0.0.1/32", "lo"),
 	} {
 		_, err := dial(t, "socks5 server="+server, local(closed))
 		t.Logf("%s: %v", name, err)
@@ -284,7 +222,7 @@ func dgramRoundTrips(t *testing.T, dc funnel.DgramConn, from netip.AddrPort) {
 }
 
 func TestUDPAssociateDanted(t *testing.T) {
-	server := startDanted(t, "127.0.0.1/32", "lo")
+	server := testutil.StartDanted(t, "127.0.0.1/32", "lo")
 	port := udpEcho(t)
 	pl := testutil.Pipeline(t, "socks5 server="+server)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -341,8 +279,8 @@ func TestParams(t *testing.T) {
 // server's own UDP association. The outer server takes clients from
 // 127.0.0.2 only, where the inner one reaches out from.
 func TestUDPAssociateChainTwoDanted(t *testing.T) {
-	inner := startDanted(t, "127.0.0.1/32", "127.0.0.2")
-	outer := startDanted(t, "127.0.0.2/32", "lo")
+	inner := testutil.StartDanted(t, "127.0.0.1/32", "127.0.0.2")
+	outer := testutil.StartDanted(t, "127.0.0.2/32", "lo")
 	port := udpEcho(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
