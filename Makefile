@@ -25,6 +25,22 @@ bin/libfuntun.so: $(CFILES)
 	  $(CC) -shared -fPIC $(CFLAGS) -o $@ preload/*.c -ldl -lpthread; \
 	else touch $@; fi
 
+# funtun doctor's probe (preload/probe/, outside the library's glob): a
+# dynamic build that the library hooks, and a static one that it cannot.
+# Without a static libc (glibc-static, libc6-dev's libc.a) the static one
+# is left out, with a note: the doctor then skips only that probe.
+build: bin/funtun-probe bin/funtun-probe-static
+
+bin/funtun-probe: preload/probe/probe.c
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $< -lresolv -lanl
+
+bin/funtun-probe-static: preload/probe/probe.c
+	@mkdir -p bin
+	@echo "$(CC) -static -DFUNTUN_PROBE_STATIC $(CFLAGS) -o $@ $<"
+	@$(CC) -static -DFUNTUN_PROBE_STATIC $(CFLAGS) -o $@ $< || \
+	  { rm -f $@; echo "note: no static libc, so no $@: funtun doctor will skip its static-child probe" >&2; }
+
 # The quick start's main job: a forwarder on the built-in default profile.
 demo: bin/funtun
 	bin/funtun forward --listen 127.0.0.1:8080 --to 127.0.0.1:8000 profile=direct
