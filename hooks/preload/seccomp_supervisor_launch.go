@@ -90,7 +90,7 @@ func supervisedEnv(environ []string) []string {
 	out := make([]string, 0, len(environ))
 	for _, kv := range environ {
 		switch {
-		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="), strings.HasPrefix(kv, "FUNTUN_LISTEN_FED="):
+		case strings.HasPrefix(kv, "FUNTUN_SOCKET="), strings.HasPrefix(kv, "FUNTUN_ALLOW_RAW="), strings.HasPrefix(kv, "FUNTUN_LISTEN_FED="), strings.HasPrefix(kv, guardPassEnv+"="):
 		default:
 			out = append(out, kv)
 		}
@@ -106,6 +106,12 @@ func supervisedRefusal(w io.Writer, err error, path string) bool {
 	if !errors.As(err, &noSup) {
 		return false
 	}
-	fmt.Fprintf(w, "funtun: %v\nfuntun: refusing to run %s, since its traffic would bypass the funnel (mode=preload uses the library instead)\n", noSup, path)
+	// Point at the library only where it can hook the program: a static
+	// or Go program has no way into the funnel without the supervisor.
+	next := "mode=preload uses the library instead"
+	if checkHookable(path) != nil {
+		next = "the library cannot hook it either; mode=preload --allow-unhooked runs it outside the funnel"
+	}
+	fmt.Fprintf(w, "funtun: %v\nfuntun: refusing to run %s, since its traffic would bypass the funnel (%s)\n", noSup, path, next)
 	return true
 }
