@@ -239,7 +239,7 @@ func TestFuntunForwardWithHAProxy(t *testing.T) {
 	bin := testutil.Funtun(t)
 
 	hp := testutil.FreePort(t)
-	logs := haproxy(t, acceptProxyFrontend(hp), hp)
+	haproxy(t, acceptProxyFrontend(hp), hp)
 	fw := testutil.FreePort(t)
 	run(t, env, bin, "forward", "--listen", fmt.Sprintf("127.0.0.1:%d", fw), "--to", fmt.Sprintf("127.0.0.1:%d", hp), "chain=proxy-protocol")
 	testutil.WaitListen(t, fmt.Sprintf("127.0.0.1:%d", fw))
@@ -252,7 +252,10 @@ func TestFuntunForwardWithHAProxy(t *testing.T) {
 		t.Errorf("HAProxy behind funtun forward answered %q, want client=%s", body, client)
 	}
 	c.Close()
-	waitFor(t, logs, `funtun-test client=`+regexp.QuoteMeta(client)+`\b`)
+	// The body is HAProxy's own word for the client address it took from
+	// the header. Its log line says the same but is not waited for:
+	// HAProxy writes "log stdout" without blocking and drops a line the
+	// pipe cannot take at once, which made this test fail under load.
 
 	echo := testutil.EchoServer(t)
 	in := testutil.FreePort(t)
