@@ -74,6 +74,8 @@ bench: build
 install: build
 	install -D -m 0755 bin/funtun $(DESTDIR)$(PREFIX)/bin/funtun
 	@if [ -s bin/libfuntun.so ]; then install -D -m 0644 bin/libfuntun.so $(DESTDIR)$(PREFIX)/lib/funtun/libfuntun.so; fi
+	install -D -m 0755 bin/funtun-probe $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe
+	@if [ -f bin/funtun-probe-static ]; then install -D -m 0755 bin/funtun-probe-static $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe-static; fi
 
 clean:
 	rm -rf bin
