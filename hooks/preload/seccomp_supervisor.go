@@ -1044,7 +1044,7 @@ func (sv *supervisor) route(ctx context.Context, t *trapped, sock trappedSocket,
 		// Where it was going, as read once.
 		return dgramRoute{to: asked, scope: scope}.sockaddr(sock.family), nil
 	}
-	if sv.guarded && funnelEndpoint(asked) {
+	if sv.guarded && sv.srv.udp.park.serves(unmapAP(asked)) {
 		// The library's own datagram to the relay or DNS responder the
 		// funnel gave it: already through the profile once. Sent where
 		// it was going, as read once, and remembered like any route.

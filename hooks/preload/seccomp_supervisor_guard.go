@@ -5,12 +5,10 @@ package preload
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
 )
 
 // The seccomp guard under the library (mode=auto for a dynamic program):
@@ -27,48 +25,12 @@ import (
 //     supervisor's own fast path decides (plainDirect), and it reports the
 //     connect itself (libraryReports);
 //   - its datagrams to the relay or DNS responder the funnel gave it are
-//     sent there unchanged (funnelEndpoint), not routed a second time;
+//     sent there unchanged (relayPark.serves), not routed a second time;
 //   - its listen() on the hidden listener is not trapped at all
 //     (startSupervised), nor is bind() ever.
 //
 // Receive calls and getpeername on its sockets continue: the supervisor
 // rewrites those of sockets it routed itself only.
-
-// funnelEndpoint says whether ap is the address of a UDP socket of this
-// process on loopback: a relay, a DNS responder or an incoming relay of
-// the Server, which reaches nothing but the funnel. Scanning our own
-// descriptors costs a system call each, once per program socket and
-// destination while the route is remembered.
-func funnelEndpoint(ap netip.AddrPort) bool {
-	ap = unmapAP(ap)
-	if !ap.Addr().IsLoopback() || ap.Port() == 0 {
-		return false
-	}
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
-			continue
-		}
-		got, ok := addrPortOf(sa)
-		if !ok || unmapAP(got) != ap {
-			continue
-		}
-		// A descriptor number is ours for the moment only; the type is
-		// asked of whatever it is now, as the address was.
-		if t, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err == nil && t == unix.SOCK_DGRAM {
-			return true
-		}
-	}
-	return false
-}
 
 // libraryReports says whether the library in the calling thread's process
 // reports its fast-path connects to the funnel itself (it has a control

@@ -76,6 +76,7 @@ type relayPark struct {
 	loop    *os.File
 	nextID  uint64
 	relays  map[uint64]*dgramRelay
+	byAddr  map[netip.AddrPort]*dgramRelay // by the relay's own address
 	watched map[*socketWatch]struct{}
 }
 
@@ -185,6 +186,7 @@ func (p *relayPark) add(r *dgramRelay) error {
 		return err
 	}
 	p.relays[r.id] = r
+	p.byAddr[r.addr] = r
 	return nil
 }
 
@@ -239,6 +241,9 @@ func (p *relayPark) remove(r *dgramRelay) {
 
 func (p *relayPark) removeLocked(r *dgramRelay) {
 	delete(p.relays, r.id)
+	if p.byAddr[r.addr] == r {
+		delete(p.byAddr, r.addr)
+	}
 	// Before the close: a descriptor another file takes over keeps the
 	// old registration otherwise, for as long as rc's file lives.
 	p.ctl(unix.EPOLL_CTL_DEL, r)
@@ -266,6 +271,15 @@ func (p *relayPark) unwatch(w *socketWatch) {
 		delete(p.watched, w)
 		p.stopIfEmptyLocked()
 	}
+}
+
+// serves says whether ap, unmapped, is the address of one of these
+// relays: a socket of the funnel's that reaches nothing but the funnel.
+func (p *relayPark) serves(ap netip.AddrPort) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.byAddr[ap]
+	return ok
 }
 
 // count is the number of relays open now.
@@ -297,6 +311,7 @@ func (p *relayPark) startLocked() error {
 	p.loop = os.NewFile(uintptr(dup), "funtun-udp-relays")
 	if p.relays == nil {
 		p.relays = map[uint64]*dgramRelay{}
+		p.byAddr = map[netip.AddrPort]*dgramRelay{}
 		p.watched = map[*socketWatch]struct{}{}
 	}
 	go p.run(p.gen, p.loop)
