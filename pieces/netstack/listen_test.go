@@ -50,14 +50,14 @@ func newFarNetwork(t *testing.T, linkAddr netip.Addr) (*ipstack.Stack, *pipeLink
 	return far, link
 }
 
-// A program listening on all addresses is listened for on the stack's
-// address too, through a profile that routes to the stack: the stack
-// brings its link up without any outgoing flow, and each connection
-// from the network comes out of the listener with the client's address.
-// A program listening on one address gets nothing, a second listener of
-// the port neither; closing the listener gives the port up.
-func TestListenOnTheStacksAddress(t *testing.T) {
-	linkAddr := netip.MustParseAddr("2001:db8::1")
+// linkAddr is the address the far network gives the stack under test.
+var linkAddr = netip.MustParseAddr("2001:db8::1")
+
+// newRoutedSet opens a profile set whose "routed" profile sends IPv6 to
+// a netstack over a pipe link to the far network (returned), beside a
+// plain "direct".
+func newRoutedSet(t *testing.T) (far *ipstack.Stack, routed, direct *funnel.Pipeline) {
+	t.Helper()
 	far, link := newFarNetwork(t, linkAddr)
 	testLink = link
 	set, err := funnel.CompileSet([]funnel.Source{
@@ -72,8 +72,19 @@ func TestListenOnTheStacksAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(set.Retire)
-	routed, _ := set.Profile("routed")
-	direct, _ := set.Profile("direct")
+	routed, _ = set.Profile("routed")
+	direct, _ = set.Profile("direct")
+	return far, routed, direct
+}
+
+// A program listening on all addresses is listened for on the stack's
+// address too, through a profile that routes to the stack: the stack
+// brings its link up without any outgoing flow, and each connection
+// from the network comes out of the listener with the client's address.
+// A program listening on one address gets nothing, a second listener of
+// the port neither; closing the listener gives the port up.
+func TestListenOnTheStacksAddress(t *testing.T) {
+	far, routed, direct := newRoutedSet(t)
 	if !routed.Listens() || direct.Listens() {
 		t.Fatalf("Listens: routed %v, direct %v; want true, false", routed.Listens(), direct.Listens())
 	}

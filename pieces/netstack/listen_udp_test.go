@@ -19,23 +19,7 @@ import (
 // flow, not to a new conversation. A program bound to one address gets
 // nothing; closing the listener frees the port for the next bind.
 func TestListenDgramOnTheStacksAddress(t *testing.T) {
-	linkAddr := netip.MustParseAddr("2001:db8::1")
-	far, link := newFarNetwork(t, linkAddr)
-	testLink = link
-	set, err := funnel.CompileSet([]funnel.Source{
-		{Name: "direct", Origin: "direct.profile", Text: "direct"},
-		{Name: "tunnel", Origin: "tunnel.profile", Text: "netstack ipv4=direct | test-pipe-link"},
-		{Name: "routed", Origin: "routed.profile", Text: "route ipv6=tunnel default=direct"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := set.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(set.Retire)
-	routed, _ := set.Profile("routed")
-	direct, _ := set.Profile("direct")
+	far, routed, direct := newRoutedSet(t)
 	if !routed.ListensDgram() || direct.ListensDgram() {
 		t.Fatalf("ListensDgram: routed %v, direct %v; want true, false", routed.ListensDgram(), direct.ListensDgram())
 	}
