@@ -4,10 +4,10 @@ package doctor
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/funtun/funtun/internal/netx"
 	"io"
 	"net"
 	"net/netip"
@@ -472,23 +472,12 @@ func (o *observer) passBarrier(token string) {
 func ownsSocket(pid int, network string, local netip.AddrPort) bool {
 	inodes := map[string]bool{}
 	for _, table := range []string{network, network + "6"} {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
-		if err != nil {
-			continue
-		}
-		for _, line := range bytes.Split(data, []byte("\n"))[1:] {
-			fields := strings.Fields(string(line))
-			if len(fields) < 10 {
-				continue
+		netx.ScanSocketTable(fmt.Sprintf("/proc/%d/net/%s", pid, table), func(port uint16, inode uint64) bool {
+			if port == local.Port() {
+				inodes[strconv.FormatUint(inode, 10)] = true
 			}
-			_, port, ok := strings.Cut(fields[1], ":")
-			if !ok {
-				continue
-			}
-			if p, err := strconv.ParseUint(port, 16, 16); err == nil && uint16(p) == local.Port() {
-				inodes[fields[9]] = true
-			}
-		}
+			return true
+		})
 	}
 	if len(inodes) == 0 {
 		return false

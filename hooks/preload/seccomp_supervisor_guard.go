@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-
 )
 
 // The seccomp guard under the library (mode=auto for a dynamic program):

@@ -3,7 +3,6 @@
 package preload
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -685,7 +683,7 @@ func udpInodes(procNet string) (map[uint64]struct{}, bool) {
 	set := map[uint64]struct{}{}
 	readable := false
 	for _, name := range udpTables {
-		if scanUDPTable(procNet+"/"+name, func(ino uint64) bool { set[ino] = struct{}{}; return true }) {
+		if netx.ScanSocketTable(procNet+"/"+name, func(_ uint16, ino uint64) bool { set[ino] = struct{}{}; return true }) {
 			readable = true
 		}
 	}
@@ -697,7 +695,7 @@ func udpInodes(procNet string) (map[uint64]struct{}, bool) {
 func udpInodeBound(procNet string, ino uint64) bool {
 	found, readable := false, false
 	for _, name := range udpTables {
-		if scanUDPTable(procNet+"/"+name, func(i uint64) bool { found = i == ino; return !found }) {
+		if netx.ScanSocketTable(procNet+"/"+name, func(_ uint16, i uint64) bool { found = i == ino; return !found }) {
 			readable = true
 		}
 		if found {
@@ -705,28 +703,4 @@ func udpInodeBound(procNet string, ino uint64) bool {
 		}
 	}
 	return !readable
-}
-
-// scanUDPTable calls each with every socket's inode while it returns
-// true; it reports whether the table could be read.
-func scanUDPTable(path string, each func(uint64) bool) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan() // the heading
-	for sc.Scan() {
-		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode …
-		fields := strings.Fields(sc.Text())
-		if len(fields) <= 9 {
-			continue
-		}
-		ino, err := strconv.ParseUint(fields[9], 10, 64)
-		if err == nil && !each(ino) {
-			break
-		}
-	}
-	return sc.Err() == nil
 }
