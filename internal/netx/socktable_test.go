@@ -17,7 +17,10 @@ func TestScanSocketTable(t *testing.T) {
 	}
 	var ports []uint16
 	var inodes []uint64
-	if !ScanSocketTable(path, func(port uint16, ino uint64) bool { ports, inodes = append(ports, port), append(inodes, ino); return true }) {
+	if !ScanSocketTable(path, func(port uint16, ino uint64) bool {
+		ports, inodes = append(ports, port), append(inodes, ino)
+		return true
+	}) {
 		t.Fatal("the table could not be read")
 	}
 	if len(ports) != 2 || ports[0] != 53 || inodes[0] != 4242 || ports[1] != 5060 || inodes[1] != 77 {
