@@ -176,7 +176,11 @@ func TestHAProxySendsUsAHeader(t *testing.T) {
 		defer cancel()
 		app, err := pl.AcceptStream(ctx, f, c)
 		if err != nil {
-			t.Errorf("accept: %v", err)
+			// Not HAProxy's (its connections all carry a header): another
+			// test package probing a port number the kernel gave us too.
+			// A header the piece failed to read shows below, as the
+			// client's source never arriving.
+			t.Logf("accept: %v", err)
 			return
 		}
 		sources <- f.Source.String()
