@@ -176,7 +176,7 @@ func TestHAProxySendsUsAHeader(t *testing.T) {
 		defer cancel()
 		app, err := pl.AcceptStream(ctx, f, c)
 		if err != nil {
-			// Not HAProxy's (its connections all carry a header): another
+			// Not HAProxy's (its connections all carry a header): most likely another
 			// test package probing a port number the kernel gave us too.
 			// A header the piece failed to read shows below, as the
 			// client's source never arriving.
