@@ -12,10 +12,27 @@ CFILES  := $(wildcard preload/*.c preload/*.h)
 
 all: build
 
-build: bin/funtun bin/libfuntun.so
+build: bin/funtun bin/funtun-core bin/libfuntun.so
 
-bin/funtun: $(GOFILES) go.mod
+# funtun-core is the Go program: every subcommand, and every launch.
+bin/funtun-core: $(GOFILES) go.mod
 	$(GO) build -buildvcs=auto -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/funtun
+
+# funtun is the small C front-end users run (preload/launch/, outside the
+# library's glob): it launches a program through the running daemon, and
+# hands everything else to funtun-core beside it (issue 16: a Go binary
+# costs tens of milliseconds to start). Static, since a static binary
+# starts fastest; without a static libc, a dynamic one works as well.
+FRONT_SRC := preload/launch/funtun.c $(wildcard preload/launch/*.h)
+
+# The Makefile too: a bin/funtun from before the front-end is the Go program.
+bin/funtun: $(FRONT_SRC) Makefile
+	@mkdir -p bin
+	@echo "$(CC) -static $(CFLAGS) -o $@ preload/launch/funtun.c"
+	@$(CC) -static $(CFLAGS) -o $@ preload/launch/funtun.c || \
+	  { echo "note: no static libc: building $@ dynamically" >&2; \
+	    echo "$(CC) $(CFLAGS) -o $@ preload/launch/funtun.c"; \
+	    $(CC) $(CFLAGS) -o $@ preload/launch/funtun.c; }
 
 # The LD_PRELOAD library; built only once preload/ has C sources.
 bin/libfuntun.so: $(CFILES)
@@ -42,7 +59,7 @@ bin/funtun-probe-static: preload/probe/probe.c
 	  { rm -f $@; echo "note: no static libc, so no $@: funtun doctor will skip its static-child probe" >&2; }
 
 # The quick start's main job: a forwarder on the built-in default profile.
-demo: bin/funtun
+demo: bin/funtun bin/funtun-core
 	bin/funtun forward --listen 127.0.0.1:8080 --to 127.0.0.1:8000 profile=direct
 
 test-deps:
@@ -73,6 +90,7 @@ bench: build
 
 install: build
 	install -D -m 0755 bin/funtun $(DESTDIR)$(PREFIX)/bin/funtun
+	install -D -m 0755 bin/funtun-core $(DESTDIR)$(PREFIX)/lib/funtun/funtun-core
 	@if [ -s bin/libfuntun.so ]; then install -D -m 0644 bin/libfuntun.so $(DESTDIR)$(PREFIX)/lib/funtun/libfuntun.so; fi
 	install -D -m 0755 bin/funtun-probe $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe
 	@if [ -f bin/funtun-probe-static ]; then install -D -m 0755 bin/funtun-probe-static $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe-static; fi

@@ -35,7 +35,7 @@ num BENCH_CONNS "$conns" 10 100000
 num BENCH_ROUNDS "$rounds" 1 20
 [[ $(id -u) == 0 ]] || die "needs root: it makes network namespaces"
 
-funtun_binary "$root/bin/funtun"
+funtun_binary "$root/bin/funtun-core"
 [[ -d $funtun ]] && funtun=$funtun/funtun # FUNTUN_BIN may name its directory
 if [[ -z ${FUNTUN_PRELOAD:-} && ! -e "$(dirname "$funtun")/libfuntun.so" ]]; then
 	# The launcher looks next to its binary; build the library there.

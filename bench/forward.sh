@@ -32,7 +32,7 @@ need_tools iperf3 socat python3 ss
 num BENCH_SECONDS "$seconds" 1 120
 num BENCH_ROUNDS "$rounds" 1 20
 
-funtun_binary "$root/bin/funtun"
+funtun_binary "$root/bin/funtun-core"
 
 make_work /tmp/funtun-bench.XXXXXX
 

@@ -37,7 +37,7 @@ num BENCH_SECONDS "$seconds" 1 120
 num BENCH_ROUNDS "$rounds" 1 20
 [[ $(id -u) == 0 ]] || die "needs root: it makes network namespaces and nftables rules"
 
-funtun_binary "$root/bin/funtun"
+funtun_binary "$root/bin/funtun-core"
 make_work /tmp/funtun-bench.XXXXXX
 
 ns=frb$$

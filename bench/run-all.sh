@@ -19,7 +19,9 @@ limit=${BENCH_TIMEOUT:-900}
 failed=()
 
 if [[ -z ${FUNTUN_BIN:-} ]]; then
-	(cd "$root" && timeout 300 go build -o bin/funtun ./cmd/funtun) || exit 1
+	# make builds the front-end (bin/funtun) with the Go core beside it
+	# (bin/funtun-core) and the library, which startup.sh needs together.
+	timeout 600 make -C "$root" build || exit 1
 	export FUNTUN_BIN=$root/bin/funtun
 fi
 

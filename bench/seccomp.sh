@@ -60,7 +60,7 @@ num BENCH_ROUNDS "$rounds" 1 20
 
 make_work /tmp/funtun-bench.XXXXXX
 
-funtun_binary "$root/bin/funtun"
+funtun_binary "$root/bin/funtun-core"
 [[ -d $funtun ]] && funtun=$funtun/funtun # FUNTUN_BIN may name its directory
 if [[ -z ${FUNTUN_PRELOAD:-} ]]; then
 	# The launcher looks next to its binary; build the library there.

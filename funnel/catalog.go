@@ -45,14 +45,18 @@ type Catalog struct {
 // DefaultDirs are $XDG_CONFIG_HOME/funtun/profiles (or
 // ~/.config/funtun/profiles) and /etc/funtun/profiles; FUNTUN_PROFILE_PATH,
 // colon-separated, replaces both.
-func DefaultDirs() []string {
-	if p := os.Getenv("FUNTUN_PROFILE_PATH"); p != "" {
+func DefaultDirs() []string { return DirsFor(os.Getenv) }
+
+// DirsFor is DefaultDirs for another process's environment (the launcher
+// front-end's, which the daemon compares with its own).
+func DirsFor(getenv func(string) string) []string {
+	if p := getenv("FUNTUN_PROFILE_PATH"); p != "" {
 		return filepath.SplitList(p)
 	}
 	var dirs []string
-	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" {
+	if x := getenv("XDG_CONFIG_HOME"); x != "" {
 		dirs = append(dirs, filepath.Join(x, "funtun", "profiles"))
-	} else if h, err := os.UserHomeDir(); err == nil {
+	} else if h := getenv("HOME"); h != "" {
 		dirs = append(dirs, filepath.Join(h, ".config", "funtun", "profiles"))
 	}
 	return append(dirs, "/etc/funtun/profiles")

@@ -22,6 +22,8 @@ func main() {
 }
 
 func run(args []string) int {
+	cli.Front = os.Getenv("FUNTUN_FRONT")
+	os.Unsetenv("FUNTUN_FRONT")
 	format, level := "text", slog.LevelInfo
 	launcherArgs := false
 	pprofAddr := ""

@@ -86,6 +86,8 @@ func run(ctx context.Context, env *cli.Env, args []string) int {
 	d := &daemon{
 		eng: eng, log: env.Log, uid: uint32(os.Geteuid()), page: page,
 		servers: map[funnel.Selector]*preload.Server{}, max: *maxProfiles,
+		where: absSocket(l.Addr().String()), progFile: file, progMissingOK: missingOK,
+		stamp: profilesStamp(eng.Catalog.Dirs),
 	}
 	d.progs.Store(progs)
 	cli.ReloadOnHUP(ctx, eng, d.reloadStep(file, missingOK))
@@ -239,6 +241,15 @@ type daemon struct {
 	mu      sync.Mutex
 	servers map[funnel.Selector]*preload.Server
 	max     int
+
+	// For the launcher front-end (launch_linux.go): the socket the
+	// library of a launched program asks, the programs file a reload
+	// reads, and what the profiles' files looked like at the last load.
+	where         string
+	progFile      string
+	progMissingOK bool
+	stampMu       sync.Mutex
+	stamp         string
 }
 
 func (d *daemon) reloadStep(file string, missingOK bool) cli.ReloadStep {
@@ -309,6 +320,10 @@ func (d *daemon) serveConn(ctx context.Context, c *net.UnixConn) {
 		// (a loosened mode, a passed descriptor) is still not served.
 		d.log.Warn("daemon: refused a connection from another user's process", "pid", cred.Pid, "uid", cred.Uid, "program", programOf(int(cred.Pid)).String())
 		c.Close()
+		return
+	}
+	if launch, err := isLaunch(c, helloWait); err == nil && launch {
+		d.serveLaunch(ctx, c, cred)
 		return
 	}
 	h, err := preload.ReadHello(c, helloWait)
@@ -424,4 +439,15 @@ func (p programID) String() string {
 		return p.Argv0
 	}
 	return p.Exe
+}
+
+// absSocket is the socket's path as a program elsewhere names it.
+func absSocket(p string) string {
+	if strings.HasPrefix(p, "@") || filepath.IsAbs(p) {
+		return p
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }

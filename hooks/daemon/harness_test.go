@@ -28,6 +28,7 @@ import (
 var built struct {
 	dir                      string
 	funtun, lib, apiSO, apiA string
+	front                    string // the launcher's C front-end
 	fetch, serve, httpget    string
 	err                      error
 }
@@ -83,6 +84,7 @@ func buildAll(dir string) error {
 	built.fetch = filepath.Join(exdir, "fetch")
 	built.serve = filepath.Join(exdir, "serve")
 	built.httpget = filepath.Join(exdir, "httpget")
+	built.front = filepath.Join(dir, "funtun-front")
 	sources, _ := filepath.Glob(filepath.Join(root, "preload", "*.c"))
 	wrap, err := wrapFlags(root)
 	if err != nil {
@@ -91,6 +93,7 @@ func buildAll(dir string) error {
 	cflags := []string{"-O2", "-g", "-Wall", "-Wextra", "-Werror"}
 	steps := [][]string{
 		{"go", "build", "-o", built.funtun, "./cmd/funtun"},
+		append(append([]string{"cc"}, cflags...), "-o", built.front, "preload/launch/funtun.c"),
 		append(append(append([]string{"cc", "-shared", "-fPIC"}, cflags...), append([]string{"-o", built.lib}, sources...)...), "-ldl", "-lpthread"),
 	}
 	objdir := filepath.Join(dir, "obj-api")

@@ -284,11 +284,18 @@ func CatalogProfiles(cat *funnel.Catalog) ([]Profile, error) {
 
 // selfPath is the funtun that Exec should name: the one in $PATH when it
 // is this very binary (its path, a symlink perhaps, outlives upgrades
-// better than the file it points to), else this binary.
+// better than the file it points to), else this binary. Run through the
+// launcher's front-end (cli.Front), "this binary" is the front-end: the
+// command users run, and the one that launches fast.
 func selfPath() (string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("cannot tell where this funtun binary is (%v): give --funtun PATH", err)
+	}
+	if front := cli.Front; filepath.IsAbs(front) {
+		if fi, err := os.Stat(front); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			self = front
+		}
 	}
 	if p, err := exec.LookPath("funtun"); err == nil {
 		if abs, err := filepath.Abs(p); err == nil && sameFile(abs, self) {

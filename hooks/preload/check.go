@@ -163,7 +163,9 @@ func (s *sectionReader) Read(p []byte) (int, error) {
 // (make install PREFIX=P puts the binary in P/bin and the library in
 // P/lib/funtun). The library is checked to be one the loader will load:
 // an empty or foreign file would let the program run unhooked.
-func FindLibrary() (string, error) {
+func FindLibrary() (string, error) { return findLibrary(checkLibrary) }
+
+func findLibrary(checkLibrary func(string) error) (string, error) {
 	if p := os.Getenv("FUNTUN_PRELOAD"); p != "" {
 		abs, err := filepath.Abs(p)
 		if err != nil {

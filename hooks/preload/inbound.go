@@ -52,6 +52,12 @@ func (pl *publicListener) close() {
 	})
 }
 
+// takesListen: does the profile do anything with a program's listening
+// socket — a piece that acts on incoming streams, or a piece that listens
+// for the program elsewhere (a tunnel's address)? Only then does the
+// supervisor stop listen().
+func takesListen(pl *funnel.Pipeline) bool { return hasAcceptor(pl) || pl.Listens() }
+
 // hasAcceptor: does any piece act on incoming streams?
 func hasAcceptor(pl *funnel.Pipeline) bool {
 	for _, p := range pl.Pieces() {

@@ -163,7 +163,7 @@ func (s *Server) startSupervised(ctx context.Context, allowIOUring, allowRaw, gu
 		// listen is left alone there.
 		trapListen := false
 		if pl, err := s.Engine.Resolve(s.Selector); err == nil && !guarded {
-			trapListen = hasAcceptor(pl)
+			trapListen = takesListen(pl)
 		}
 		filter, err := sockFilter(supervisorFilter(abis, allowIOUring, trapListen, guarded, pass))
 		if err != nil {

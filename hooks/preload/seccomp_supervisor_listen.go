@@ -40,7 +40,7 @@ var (
 
 func (sv *supervisor) listenTrapped(ctx context.Context, t *trapped, sock trappedSocket, fd int, backlog int) (answer, error) {
 	pl, err := sv.srv.Engine.Resolve(sv.srv.Selector)
-	if err != nil || sock.sotype != unix.SOCK_STREAM || !hasAcceptor(pl) {
+	if err != nil || sock.sotype != unix.SOCK_STREAM || !takesListen(pl) {
 		return answerContinue(), nil
 	}
 	hidden, hiddenAddr, err := hiddenListener(sock.family, backlog)

@@ -181,3 +181,34 @@ func (n *netns) resolvConf(t *testing.T, text string) {
 		t.Fatal(err)
 	}
 }
+
+// The same server run under mode=seccomp (no library: as a static or Go
+// server would be) is reachable through the tunnel too: the supervisor
+// stops its listen() because the profile listens for it (netstack), not
+// only when a piece acts on incoming streams.
+func TestNetnsSupervisedServerAcceptsThroughTunnel(t *testing.T) {
+	needNetns(t, "curl")
+	bin := launcherDir(t)
+	funtun := filepath.Join(bin, "funtun")
+	l := newLab(t)
+	l.router.start(t, nil, "6bed4router: routing", funtun, "--debug", "6bed4router",
+		"--listen", routerV4+":25790", "--prefix", netPrefix.String())
+	bAddr := wire.Address(netPrefix, netip.MustParseAddrPort(fmt.Sprintf("%s:%d", hostBV4, bTunnel)), 1)
+
+	bWeb := t.TempDir()
+	os.WriteFile(filepath.Join(bWeb, "small"), []byte("hello from supervised B\n"), 0o644)
+	bEnv := profileDir(t, fmt.Sprintf("netstack ipv4=direct | 6bed4 router=%s:25790 listen=%s:%d", routerV4, hostBV4, bTunnel))
+	bOut, _ := l.b.start(t, bEnv, "Serving HTTP", funtun, "--debug", "mode=seccomp", "profile=6bed4",
+		"python3", "-u", "-m", "http.server", strconv.Itoa(bPort), "--bind", "::", "--directory", bWeb)
+	waitFor(t, bOut, fmt.Sprintf(`addr=[%s]:%d`, bAddr, bPort), nil)
+
+	aEnv := profileDir(t, fmt.Sprintf("netstack ipv4=direct | 6bed4 router=%s:25790 listen=%s:%d", routerV4, hostAV4, aTunnel))
+	out := l.a.must(t, aEnv, funtun, "profile=6bed4", "curl", "-sS", fmt.Sprintf("http://[%s]:%d/small", bAddr, bPort))
+	if !strings.Contains(out, "hello from supervised B") {
+		t.Fatalf("A's curl through the tunnel got %q\nB's output:\n%s", out, bOut.String())
+	}
+	line := flowLine(t, bOut, fmt.Sprintf("dst=[%s]:%d", bAddr, bPort))
+	if !strings.Contains(line, "inbound=true") {
+		t.Errorf("B's flow line is not an inbound flow: %s", line)
+	}
+}

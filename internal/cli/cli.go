@@ -192,6 +192,13 @@ type StringList []string
 func (s *StringList) String() string     { return strings.Join(*s, ",") }
 func (s *StringList) Set(v string) error { *s = append(*s, v); return nil }
 
+// Front is the launcher's C front-end (preload/launch/funtun.c) that
+// handed this command to this binary, funtun-core; "" when funtun-core
+// was run directly. It is what users run, so what files written for them
+// (a desktop entry's Exec) should name. main takes it out of the
+// environment, so that programs funtun starts do not inherit it.
+var Front string
+
 // Launcher runs `funtun [key=value…] PROGRAM [ARGS…]`; the preload hook
 // sets it. Nil means the launcher is not built in.
 var Launcher func(ctx context.Context, env *Env, args []string) int

@@ -15,12 +15,27 @@ var (
 	buildErr  error
 )
 
-// Funtun returns the path of a funtun binary: $FUNTUN_BIN/funtun when the
-// test command built one, else one built once for this test binary.
+// Funtun returns the path of the funtun users run: $FUNTUN_BIN/funtun (the
+// C front-end, which hands all but fast launches to funtun-core beside it)
+// when the test command built one, else a Go core built once for this test
+// binary, which is a complete funtun on its own.
 func Funtun(t testing.TB) string {
 	t.Helper()
+	return fromBin(t, "funtun")
+}
+
+// FuntunCore returns the path of the Go program itself, the front-end's
+// funtun-core: $FUNTUN_BIN/funtun-core, else the one built for this test
+// binary.
+func FuntunCore(t testing.TB) string {
+	t.Helper()
+	return fromBin(t, "funtun-core")
+}
+
+func fromBin(t testing.TB, name string) string {
+	t.Helper()
 	if dir := os.Getenv("FUNTUN_BIN"); dir != "" {
-		p := filepath.Join(dir, "funtun")
+		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
