@@ -8,12 +8,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,24 +38,41 @@ const launchMagic = "FUNTUN-LAUNCH 1\n"
 const launchWait = 5 * time.Second
 
 // isLaunch peeks at the first packet: a front-end's, or the library's.
+// It waits in poll(2) on this thread rather than in Go's poller: the
+// kernel then wakes this thread itself when the packet arrives (the
+// front-end sends it just after its connect, which woke the accept),
+// which saves a hand-over between threads in every launch.
 func isLaunch(c *net.UnixConn, timeout time.Duration) (bool, error) {
-	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return false, err
-	}
-	defer c.SetReadDeadline(time.Time{})
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return false, err
 	}
 	buf := make([]byte, len(launchMagic))
 	var n int
-	var rerr error
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return rerr != unix.EAGAIN
+	var perr error
+	err = rc.Control(func(fd uintptr) {
+		deadline := time.Now().Add(timeout)
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				perr = os.ErrDeadlineExceeded
+				return
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, perr = unix.Poll(pfd, int(left.Milliseconds())+1); perr == unix.EINTR {
+				continue
+			}
+			if perr != nil {
+				return
+			}
+			n, _, perr = unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if perr != unix.EAGAIN {
+				return
+			}
+		}
 	})
 	if err == nil {
-		err = rerr
+		err = perr
 	}
 	if err != nil {
 		return false, err
@@ -106,30 +125,34 @@ func parseLaunchRequest(b []byte) (launchRequest, error) {
 // side is a fallback: the front-end then runs the Go launcher, which
 // does the same launch in-process, so a daemon problem costs time only.
 func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Ucred) {
-	defer c.Close()
 	start := time.Now()
-	c.SetDeadline(start.Add(launchWait))
+	bc, err := newLaunchConn(c, launchWait)
+	if err != nil {
+		d.log.Warn("daemon: cannot take a launcher's connection", "pid", cred.Pid, "err", err)
+		return
+	}
+	defer bc.Close()
 	buf := make([]byte, 16<<10)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	n, oobn, err := bc.recv(buf, oob)
 	if err != nil {
 		return
 	}
 	closePassed(oob[:oobn])
 	req, err := parseLaunchRequest(buf[:n])
 	if err != nil {
-		d.answerLaunch(c, preload.LaunchPlan{Action: preload.LaunchFallback, Why: err.Error()}, cred, start)
+		d.answerLaunch(bc, preload.LaunchPlan{Action: preload.LaunchFallback, Why: err.Error()}, cred, start)
 		return
 	}
 	req.Daemon = d.where
 	plan := d.planLaunch(req)
-	if err := d.answerLaunch(c, plan, cred, start); err != nil || plan.Action != preload.LaunchExec || !plan.Listener {
+	if err := d.answerLaunch(bc, plan, cred, start); err != nil || plan.Action != preload.LaunchExec || !plan.Listener {
 		return
 	}
 	// The front-end installed the filter; it now names the listener's
 	// descriptor, which the daemon takes from it (it may make no socket
 	// call that the filter stops, and so cannot pass it itself).
-	n, err = c.Read(buf)
+	n, _, err = bc.recv(buf, nil)
 	if err != nil {
 		d.log.Warn("daemon: a launcher installed its filter but named no listener", "pid", cred.Pid, "program", req.Program, "err", err)
 		return
@@ -137,18 +160,18 @@ func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Uc
 	fdText, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), "listener=")
 	fd, err := strconv.Atoi(fdText)
 	if !ok || err != nil {
-		c.Write([]byte("funtun: the daemon did not understand " + strconv.Quote(string(buf[:n])) + "\n"))
+		bc.Write([]byte("funtun: the daemon did not understand " + strconv.Quote(string(buf[:n])) + "\n"))
 		return
 	}
 	l, err := preload.TakeListener(int(cred.Pid), fd)
 	if err != nil {
 		d.log.Error("daemon: cannot take a launched program's seccomp listener", "pid", cred.Pid, "program", req.Program, "err", err)
-		c.Write([]byte(err.Error() + "\n"))
+		bc.Write([]byte(err.Error() + "\n"))
 		return
 	}
 	// The front-end may go on once the listener is ours: the program's
 	// first trapped call waits in the kernel until the supervisor reads it.
-	c.Write([]byte("ok\n"))
+	bc.Write([]byte("ok\n"))
 	if err := plan.Supervise(ctx, l); err != nil {
 		// Closed, the listener fails the program's trapped calls (ENOSYS):
 		// nothing passes the funnel unseen.
@@ -158,6 +181,65 @@ func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Uc
 	}
 	d.log.Debug("daemon: launch supervised", "pid", cred.Pid, "took", time.Since(start))
 }
+
+// launchConn is a launcher's connection read in poll(2) on the
+// daemon's thread rather than in Go's poller: the kernel wakes the
+// thread itself when the front-end writes, which saves a hand-over
+// between threads at each of a launch's steps, every one of them in the
+// time the program takes to start.
+type launchConn struct {
+	c        *net.UnixConn
+	rc       syscall.RawConn
+	deadline time.Time
+}
+
+func newLaunchConn(c *net.UnixConn, timeout time.Duration) (*launchConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &launchConn{c: c, rc: rc, deadline: time.Now().Add(timeout)}, nil
+}
+
+// recv reads one packet, and the descriptors that came with it into oob.
+func (l *launchConn) recv(buf, oob []byte) (n, oobn int, err error) {
+	cerr := l.rc.Control(func(fd uintptr) {
+		for {
+			n, oobn, _, _, err = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT)
+			if err != unix.EAGAIN {
+				return
+			}
+			left := time.Until(l.deadline)
+			if left <= 0 {
+				err = os.ErrDeadlineExceeded
+				return
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err = unix.Poll(pfd, int(left.Milliseconds())+1); err != nil && err != unix.EINTR {
+				return
+			}
+		}
+	})
+	if cerr != nil {
+		return 0, 0, cerr
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	return n, oobn, err
+}
+
+// Write sends one packet; the front-end reads each answer before it
+// writes again, so there is always room.
+func (l *launchConn) Write(p []byte) (n int, err error) {
+	cerr := l.rc.Control(func(fd uintptr) { n, err = unix.SendmsgN(int(fd), p, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL) })
+	if cerr != nil {
+		return 0, cerr
+	}
+	return n, err
+}
+
+func (l *launchConn) Close() error { return l.c.Close() }
 
 func (d *daemon) planLaunch(req launchRequest) preload.LaunchPlan {
 	fallback := func(why string) preload.LaunchPlan {
@@ -189,7 +271,7 @@ func (d *daemon) planLaunch(req launchRequest) preload.LaunchPlan {
 	return srv.PlanLaunch(req.LaunchRequest)
 }
 
-func (d *daemon) answerLaunch(c *net.UnixConn, p preload.LaunchPlan, cred *unix.Ucred, start time.Time) error {
+func (d *daemon) answerLaunch(c io.Writer, p preload.LaunchPlan, cred *unix.Ucred, start time.Time) error {
 	var b bytes.Buffer
 	b.WriteString(launchMagic)
 	fmt.Fprintf(&b, "action=%s\n", p.Action)

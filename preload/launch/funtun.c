@@ -575,34 +575,70 @@ static void hand_listener(int sock, int listener)
 	die(126, "funtun: the daemon did not take the seccomp listener: %s\n", answer);
 }
 
-static void apply_env(const struct launch_reply *r)
+/* has_key: does the environment entry kv ("KEY=VALUE") have the key
+ * that key (either "KEY" or "KEY=VALUE") has? */
+static int has_key(const char *kv, const char *key)
 {
-	for (int i = 0; i < r->nunsets; i++)
-		unsetenv(r->unsets[i]);
-	for (int i = 0; i < r->nsets; i++) {
-		char *eq = strchr(r->sets[i], '=');
-		*eq = '\0';
-		setenv(r->sets[i], eq + 1, 1);
-		*eq = '=';
+	size_t n = strcspn(key, "=");
+	return strncmp(kv, key, n) == 0 && kv[n] == '=';
+}
+
+/* The program's environment, built here rather than by setenv: setenv
+ * allocates, and a static program's first allocation maps its heap, which
+ * costs a launch as much as a round trip to the daemon. */
+#define ENV_MAX 8192
+static char *program_env[ENV_MAX];
+static char preload_entry[sizeof "LD_PRELOAD=" + REPLY_MAX + PATH_MAX];
+
+/* program_environ applies the daemon's unset=, set= and preload= to this
+ * process's environment; NULL when it has more entries than fit. */
+static char **program_environ(const struct launch_reply *r)
+{
+	extern char **environ;
+	const char *old = NULL;
+	int n = 0;
+	for (char **e = environ; *e; e++) {
+		int drop = 0;
+		for (int i = 0; i < r->nunsets && !drop; i++)
+			drop = has_key(*e, r->unsets[i]);
+		for (int i = 0; i < r->nsets && !drop; i++)
+			drop = has_key(*e, r->sets[i]);
+		if (r->preload && has_key(*e, "LD_PRELOAD")) {
+			/* The value after the daemon's own changes: unset= or set=
+			 * of LD_PRELOAD replace the user's. */
+			if (!drop && !old)
+				old = *e + sizeof "LD_PRELOAD=" - 1;
+			drop = 1;
+		}
+		if (drop)
+			continue;
+		if (n >= ENV_MAX - LINES_MAX - 2)
+			return NULL;
+		program_env[n++] = *e;
 	}
-	if (!r->preload)
-		return;
-	/* After the daemon's unsets and sets, so that unset=LD_PRELOAD drops
-	 * the user's libraries; the user's come first, ours last, as
-	 * `funtun-core` does. */
-	const char *old = getenv("LD_PRELOAD");
-	if (!old)
-		old = "";
-	while (*old == ' ' || *old == '\t' || *old == ':')
-		old++;
-	size_t oldlen = strlen(old);
-	while (oldlen && (old[oldlen - 1] == ' ' || old[oldlen - 1] == '\t' || old[oldlen - 1] == ':'))
-		oldlen--;
-	static char value[REPLY_MAX + PATH_MAX];
-	if (oldlen + 1 + strlen(r->preload) >= sizeof value)
-		oldlen = 0;
-	snprintf(value, sizeof value, "%.*s%s%s", (int)oldlen, old, oldlen ? " " : "", r->preload);
-	setenv("LD_PRELOAD", value, 1);
+	for (int i = 0; i < r->nsets; i++) {
+		if (r->preload && has_key(r->sets[i], "LD_PRELOAD")) {
+			old = r->sets[i] + sizeof "LD_PRELOAD=" - 1;
+			continue;
+		}
+		program_env[n++] = (char *)r->sets[i];
+	}
+	if (r->preload) {
+		/* The user's libraries first, ours last, as funtun-core does. */
+		if (!old)
+			old = "";
+		while (*old == ' ' || *old == '\t' || *old == ':')
+			old++;
+		size_t oldlen = strlen(old);
+		while (oldlen && (old[oldlen - 1] == ' ' || old[oldlen - 1] == '\t' || old[oldlen - 1] == ':'))
+			oldlen--;
+		if (oldlen + 1 + strlen(r->preload) + sizeof "LD_PRELOAD=" >= sizeof preload_entry)
+			oldlen = 0;
+		snprintf(preload_entry, sizeof preload_entry, "LD_PRELOAD=%.*s%s%s", (int)oldlen, old, oldlen ? " " : "", r->preload);
+		program_env[n++] = preload_entry;
+	}
+	program_env[n] = NULL;
+	return program_env;
 }
 
 int main(int argc, char **argv)
@@ -626,7 +662,7 @@ int main(int argc, char **argv)
 	int sock = connect_daemon();
 	if (sock < 0)
 		to_core(argv);
-	if (send(sock, request, reqlen, MSG_NOSIGNAL) != (ssize_t)reqlen)
+	if (send(sock, request, reqlen, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)reqlen)
 		to_core(argv);
 	ssize_t got = recv(sock, reply, REPLY_MAX, MSG_TRUNC);
 	struct launch_reply r;
@@ -648,8 +684,10 @@ int main(int argc, char **argv)
 			hand_listener(sock, listener);
 	}
 	close(sock);
-	apply_env(&r);
-	execv(program_path, argv + w.program);
+	char **env = program_environ(&r);
+	if (!env)
+		die(126, "funtun: the environment has more than %d entries\n", ENV_MAX - LINES_MAX - 2);
+	execve(program_path, argv + w.program, env);
 	int err = errno;
 	fprintf(stderr, "funtun: cannot start %s: %s\n", program_path, strerror(err));
 	return err == ENOENT ? 127 : 126;
