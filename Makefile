@@ -103,6 +103,16 @@ install: build
 	@if [ -s bin/libfuntun.so ]; then install -D -m 0644 bin/libfuntun.so $(DESTDIR)$(PREFIX)/lib/funtun/libfuntun.so; fi
 	install -D -m 0755 bin/funtun-probe $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe
 	@if [ -f bin/funtun-probe-static ]; then install -D -m 0755 bin/funtun-probe-static $(DESTDIR)$(PREFIX)/lib/funtun/funtun-probe-static; fi
+	@# The per-user daemon's units, naming this PREFIX's funtun, where
+	@# systemd looks for a package's user units: after install,
+	@# `systemctl --user enable --now funtun-daemon.socket` starts the
+	@# daemon on demand, and launches are served by it.
+	@mkdir -p $(DESTDIR)$(PREFIX)/lib/systemd/user
+	@for u in funtun-daemon.socket funtun-daemon.service; do \
+	  echo "install contrib/systemd/user/$$u $(DESTDIR)$(PREFIX)/lib/systemd/user/$$u"; \
+	  sed 's#/usr/local/bin/funtun#$(PREFIX)/bin/funtun#g' contrib/systemd/user/$$u > $(DESTDIR)$(PREFIX)/lib/systemd/user/$$u && \
+	  chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/user/$$u || exit 1; \
+	done
 
 clean:
 	rm -rf bin

@@ -8,7 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/funtun/funtun/internal/testutil"
 )
@@ -211,4 +213,64 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// With funtun-daemon.socket enabled (systemd-socket-activate stands in
+// for the user's systemd), the first launch starts the daemon and is
+// served by it: the launch waits in the socket's queue while the daemon
+// starts, rather than going to the Go launcher.
+func TestLaunchStartsActivatedDaemon(t *testing.T) {
+	needBuild(t)
+	testutil.NeedTool(t, "curl")
+	activate := testutil.NeedTool(t, "systemd-socket-activate")
+	dir, err := os.MkdirTemp("", "ftla")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	run, cfg := filepath.Join(dir, "run"), filepath.Join(dir, "cfg")
+	os.MkdirAll(filepath.Join(run, "funtun"), 0o700)
+	os.MkdirAll(filepath.Join(cfg, "funtun", "profiles"), 0o755)
+	os.WriteFile(filepath.Join(cfg, "funtun", "profiles", "demo.profile"), []byte(demoChain+"\n"), 0o644)
+	sock := filepath.Join(run, "funtun", "daemon.sock")
+
+	log := &testutil.LogBuffer{}
+	cmd := exec.Command(activate, "--seqpacket", "-l", sock,
+		"-E", "XDG_CONFIG_HOME="+cfg, "-E", "XDG_RUNTIME_DIR="+run, "-E", "FUNTUN_PRELOAD="+built.lib,
+		built.funtun, "--debug", "daemon")
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("log:\n%s", log.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("systemd-socket-activate made no socket:\n%s", log.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(log.String(), "daemon serving") {
+		t.Fatal("the daemon started before anything asked for it")
+	}
+	port, _ := webServer(t, "hello X\n")
+	env := append(cleanEnv(), "XDG_RUNTIME_DIR="+run, "XDG_CONFIG_HOME="+cfg, "FUNTUN_CORE="+built.funtun, "FUNTUN_PRELOAD="+built.lib)
+	out, errOut, err := runProgram(t, env, "", built.front, "profile=demo", "sh", "-c",
+		fmt.Sprintf(`cat /proc/$PPID/comm; curl -sS --max-time 20 http://demo.test:%d/`, port))
+	if err != nil || out != testComm()+"\nhello Y\n" {
+		t.Fatalf("the first launch, which starts the daemon: %v, %q (want the test as the parent, then hello Y)\n%s", err, out, errOut)
+	}
+	if !strings.Contains(log.String(), "launch prepared") {
+		t.Fatalf("the activated daemon prepared no launch:\n%s", log.String())
+	}
 }
