@@ -115,6 +115,7 @@ import (
 )
 
 func main() {
+	fmt.Fprintf(os.Stderr, "pid %d\n", os.Getpid())
 	r, err := http.Get(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -136,6 +137,18 @@ func main() {
 		}
 		if !strings.Contains(d.log.String(), "listener=true") {
 			t.Fatalf("no supervised launch in the daemon's log:\n%s", d.log.String())
+		}
+		// Go connects from a thread other than its first: the flow is
+		// still the process's.
+		var pid int
+		fmt.Sscanf(errOut, "pid %d", &pid)
+		want := fmt.Sprintf("dst=demo.test:%d", port)
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(flowLineOf(d.log.String(), want), fmt.Sprintf(" pid=%d ", pid)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the flow to %s does not name the program's process %d:\n%s", want, pid, d.log.String())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 
@@ -273,4 +286,15 @@ func TestLaunchStartsActivatedDaemon(t *testing.T) {
 	if !strings.Contains(log.String(), "launch prepared") {
 		t.Fatalf("the activated daemon prepared no launch:\n%s", log.String())
 	}
+}
+
+// flowLineOf is the last end-of-flow log line that contains want.
+func flowLineOf(log, want string) string {
+	found := ""
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "msg=flow ") && strings.Contains(line, want) {
+			found = line
+		}
+	}
+	return found + " "
 }

@@ -542,7 +542,13 @@ func streamSend(flags uint64) (answer, error, later) {
 
 // peer is who made a call; its user is the owner of its /proc entry,
 // which follows a program that changed its uid.
-func (sv *supervisor) peer(pid int) *peer {
+func (sv *supervisor) peer(tid int) *peer {
+	// A notification names the calling thread; flows and listeners
+	// belong to its process, which the library's peers are too.
+	pid := tid
+	if tgid, ok := threadGroup(tid); ok {
+		pid = tgid
+	}
 	uid := uint32(sv.srv.uid)
 	var st unix.Stat_t
 	if unix.Stat("/proc/"+strconv.Itoa(pid), &st) == nil {
