@@ -27,7 +27,12 @@ const launcherUsage = `funtun [global options] [profile=NAME | chain='…'] [mod
 funtun [global options] [profile=NAME | chain='…'] [--allow-…] -- PROGRAM [ARGS…]
 
 Runs PROGRAM with its network traffic passed through the profile (default:
-profile=direct). The funnel runs inside this funtun process, as you; the
+profile=direct). When your per-user daemon runs (funtun daemon; with
+systemd, systemctl --user enable --now funtun-daemon.socket), funtun has
+it prepare the launch and execs PROGRAM itself, which then starts about as
+fast as under proxychains4, and the daemon's funnel serves it; otherwise
+(or with FUNTUN_NO_DAEMON=1, chain='…', guard=netns, --debug or another
+option below) the funnel runs inside this funtun process, as you. The
 program gets libfuntun.so preloaded and a private control socket. Its
 connections, name lookups and listening sockets go through the profile's
 pieces; nothing falls back to the network directly: when the funnel is
