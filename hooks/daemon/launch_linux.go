@@ -83,6 +83,7 @@ func isLaunch(c *net.UnixConn, timeout time.Duration) (bool, error) {
 type launchRequest struct {
 	preload.LaunchRequest
 	profile string
+	chain   string
 	ino     string // DEV:INO of the program, as the front-end saw it
 	env     map[string]string
 }
@@ -105,6 +106,8 @@ func parseLaunchRequest(b []byte) (launchRequest, error) {
 			r.ino = value
 		case key == "profile":
 			r.profile = value
+		case key == "chain":
+			r.chain = value
 		case key == "mode":
 			r.Mode = value
 		case key == "io_uring":
@@ -261,6 +264,15 @@ func (d *daemon) planLaunch(req launchRequest) preload.LaunchPlan {
 		return fallback("the edited profiles do not load: " + err.Error())
 	}
 	sel := funnel.Selector{Profile: req.profile}
+	if req.chain != "" {
+		if req.profile != "" {
+			return fallback("both profile= and chain=")
+		}
+		var err error
+		if sel, _, err = funnel.TakeSelector([]string{"chain=" + req.chain}); err != nil {
+			return fallback(err.Error())
+		}
+	}
 	if _, err := d.eng.Resolve(sel); err != nil {
 		return preload.LaunchPlan{Action: preload.LaunchExit, Code: 1, Say: []string{"funtun: " + err.Error()}}
 	}

@@ -152,6 +152,34 @@ func main() {
 		}
 	})
 
+	t.Run("chain", func(t *testing.T) {
+		if p := parentOf(t, env, "chain="+demoChain); p != testComm() {
+			t.Fatalf("a chain='…' launch was not served by the daemon (the program's parent is %q)", p)
+		}
+		out, errOut, err := runProgram(t, env, "", built.front, "chain="+demoChain, "curl", "-sS", "--max-time", "20", url)
+		if err != nil || out != "hello Y\n" {
+			t.Fatalf("curl under chain='…' through the daemon's launch: %v, %q\n%s", err, out, errOut)
+		}
+		// A chain longer than the library can name to the daemon: the
+		// in-process launcher runs it, so it is still funnelled.
+		var pads strings.Builder
+		for i := 0; i < 12; i++ {
+			fmt.Fprintf(&pads, "pad%d.invalid=127.0.0.2 ", i)
+		}
+		long := "hosts " + pads.String() + "demo.test=127.0.0.1 | rewrite from=X to=Y dir=down"
+		if p := parentOf(t, env, "chain="+long); p == testComm() {
+			t.Fatal("a chain too long for the library's template was served by the daemon, whose library would leave the program alone")
+		}
+		out, errOut, err = runProgram(t, env, "", built.front, "chain="+long, "curl", "-sS", "--max-time", "20", url)
+		if err != nil || out != "hello Y\n" {
+			t.Fatalf("curl under a long chain='…': %v, %q\n%s", err, out, errOut)
+		}
+		_, errOut, err = runProgram(t, env, "", built.front, "chain=rewrite from=", "true")
+		if code := exitCode(err); code != 1 || !strings.Contains(errOut, "rewrite") {
+			t.Fatalf("a broken chain: exit %d, stderr %q; want 1 and what is wrong", code, errOut)
+		}
+	})
+
 	t.Run("edited profile", func(t *testing.T) {
 		d.writeProfile(t, "demo", "hosts demo.test=127.0.0.1 | rewrite from=X to=Z dir=down")
 		out, errOut, err := runProgram(t, env, "", built.front, "profile=demo", "curl", "-sS", "--max-time", "20", url)

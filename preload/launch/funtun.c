@@ -8,7 +8,8 @@
  * binary (funtun-core), so that launching a program costs about what
  * proxychains4 does rather than a Go runtime's start (issue 16).
  *
- * For `funtun [profile=NAME] [mode=M] [io_uring=allow] [--] PROGRAM …` it
+ * For `funtun [profile=NAME | chain=CHAIN] [mode=M] [io_uring=allow] [--]
+ * PROGRAM …` it
  * asks the per-user daemon (funtun daemon) to prepare the launch, installs
  * what the daemon answers (environment, LD_PRELOAD, a seccomp filter whose
  * listener the daemon takes) and execs PROGRAM itself: the program keeps
@@ -20,7 +21,7 @@
  * The protocol (one SOCK_SEQPACKET connection, one packet each way):
  *
  *   request:  FUNTUN-LAUNCH 1\n program=/abs\n ino=DEV:INO\n
- *             [profile=NAME\n] [mode=M\n] [io_uring=allow\n]
+ *             [profile=NAME\n | chain=CHAIN\n] [mode=M\n] [io_uring=allow\n]
  *             [env.KEY=VALUE\n for FUNTUN_PROFILE_PATH, XDG_CONFIG_HOME,
  *              HOME, FUNTUN_PRELOAD when set]
  *   reply:    FUNTUN-LAUNCH 1\n then key=value lines (action=exec|fallback|
@@ -207,14 +208,14 @@ static int valid_profile_name(const char *s)
 }
 
 struct launch_words {
-	const char *profile, *mode;
+	const char *profile, *chain, *mode;
 	int io_uring_allow;
 	int program; /* index in argv; 0 = none */
 };
 
 /* parse_words reads the launcher's words before the program; 0 means the
  * command line is not one the fast path covers. Any word it does not know
- * (chain=, guard=, global options, --allow-…) is the core's: the core
+ * (guard=, global options, --allow-…) is the core's: the core
  * checks and explains them, and this list stays short. */
 static int parse_words(int argc, char **argv, struct launch_words *w)
 {
@@ -228,9 +229,14 @@ static int parse_words(int argc, char **argv, struct launch_words *w)
 			return 1;
 		}
 		if (strncmp(a, "profile=", 8) == 0) {
-			if (w->profile || !valid_profile_name(a + 8))
+			if (w->profile || w->chain || !valid_profile_name(a + 8))
 				return 0;
 			w->profile = a + 8;
+		} else if (strncmp(a, "chain=", 6) == 0) {
+			/* The daemon compiles it (and says what is wrong with it). */
+			if (w->profile || w->chain || !a[6])
+				return 0;
+			w->chain = a + 6;
 		} else if (strncmp(a, "mode=", 5) == 0) {
 			const char *m = a + 5;
 			if (w->mode || !(strcmp(m, "auto") == 0 || strcmp(m, "preload") == 0 || strcmp(m, "seccomp") == 0))
@@ -357,6 +363,8 @@ static size_t build_request(const struct launch_words *w, const struct stat *st)
 	if (!add_line(&len, "program", program_path) || !add_line(&len, "ino", ino))
 		return 0;
 	if (w->profile && !add_line(&len, "profile", w->profile))
+		return 0;
+	if (w->chain && !add_line(&len, "chain", w->chain))
 		return 0;
 	if (w->mode && !add_line(&len, "mode", w->mode))
 		return 0;
