@@ -151,10 +151,9 @@ func (s *Server) PlanLaunch(req LaunchRequest) LaunchPlan {
 		}
 		// The library asks the daemon, as for a global preload, naming
 		// the profile as its template; the daemon serves it from this
-		// same Server.
-		// A template the library cannot hold (it keeps FT_NAME_MAX bytes)
-		// it would ignore, and the program would be left alone: a long
-		// chain='…' goes to the in-process launcher instead.
+		// same Server. A template the library cannot hold (it keeps
+		// FT_NAME_MAX bytes) it would ignore, and the program would be
+		// left alone: a long chain='…' goes to the in-process launcher.
 		template := selectorTemplate(s)
 		if len(template) >= nameMax {
 			return fallback("the profile's template is longer than the library holds")
