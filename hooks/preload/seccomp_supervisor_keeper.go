@@ -203,7 +203,7 @@ func (t *trapped) socketKind(fd int) (family, sotype int, err error) {
 	if fd < 0 {
 		return 0, 0, unix.EBADF
 	}
-	pidfd, err := openCaller(t.pid)
+	pidfd, _, err := openCaller(t.pid)
 	if err != nil {
 		return 0, 0, err
 	}

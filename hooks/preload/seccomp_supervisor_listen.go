@@ -63,7 +63,7 @@ func (sv *supervisor) listenTrapped(ctx context.Context, t *trapped, sock trappe
 	}
 	var resp response
 	req := request{Version: wireVersion, Op: opListen, Arg: int32(backlog), Addr: rawSockaddr(hiddenAddr, sock.family)}
-	sv.srv.listen(ctx, sv.peer(t.pid), req, public, &resp) // owns public
+	sv.srv.listen(ctx, sv.peer(t), req, public, &resp) // owns public
 	if e := int32(native.Uint32(resp[respErr:])); e != 0 {
 		return answerErrno(unix.Errno(e)), nil
 	}
