@@ -375,7 +375,7 @@ func (d *daemon) serveConn(ctx context.Context, c *net.UnixConn) {
 			return
 		}
 		sel = e.Sel
-		chosen = selectorTemplate(sel)
+		chosen = preload.Template(sel)
 		d.log.Debug("daemon: funnelling a program", "pid", cred.Pid, "program", id.String(), "profile", sel.String())
 	}
 	srv, err := d.server(sel)

@@ -477,7 +477,6 @@ func FuzzControlPackets(f *testing.F) {
 // fd 3); the daemon serves it and says READY=1 on NOTIFY_SOCKET.
 func TestSocketActivation(t *testing.T) {
 	needBuild(t)
-	activate := testutil.NeedTool(t, "systemd-socket-activate")
 	dir, err := os.MkdirTemp("", "ftsa")
 	if err != nil {
 		t.Fatal(err)
@@ -496,32 +495,7 @@ func TestSocketActivation(t *testing.T) {
 	}
 	defer notify.Close()
 
-	log := &testutil.LogBuffer{}
-	cmd := exec.Command(activate, "--seqpacket", "-l", sock,
-		"-E", "XDG_CONFIG_HOME="+cfg, "-E", "XDG_RUNTIME_DIR="+run, "-E", "NOTIFY_SOCKET="+notifyPath,
-		built.funtun, "--debug", "daemon")
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("log:\n%s", log.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("systemd-socket-activate made no socket:\n%s", log.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	log := activatedDaemon(t, sock, "XDG_CONFIG_HOME="+cfg, "XDG_RUNTIME_DIR="+run, "NOTIFY_SOCKET="+notifyPath)
 	// The first connection starts the daemon.
 	port := lineEcho(t)
 	out, stderr, err := runProgram(t, append(cleanEnv(), "XDG_RUNTIME_DIR="+run), "", built.fetch, "shout", "demo.test", strconv.Itoa(port))

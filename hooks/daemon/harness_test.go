@@ -333,3 +333,41 @@ func webServer(t *testing.T, body string) (port int, peers chan string) {
 	t.Cleanup(func() { srv.Close() })
 	return l.Addr().(*net.TCPAddr).Port, peers
 }
+
+// activatedDaemon runs the daemon under systemd-socket-activate, which
+// stands in for the user's systemd and funtun-daemon.socket (a
+// sequenced-packet socket at sock, passed as fd 3), with env (KEY=VALUE)
+// for the daemon; it returns once the socket exists, the daemon not yet
+// started, and stops both at the test's end.
+func activatedDaemon(t *testing.T, sock string, env ...string) *testutil.LogBuffer {
+	t.Helper()
+	activate := testutil.NeedTool(t, "systemd-socket-activate")
+	args := []string{"--seqpacket", "-l", sock}
+	for _, kv := range env {
+		args = append(args, "-E", kv)
+	}
+	log := &testutil.LogBuffer{}
+	cmd := exec.Command(activate, append(args, built.funtun, "--debug", "daemon")...)
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("log:\n%s", log.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return log
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("systemd-socket-activate made no socket:\n%s", log.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -38,42 +38,13 @@ const launchMagic = "FUNTUN-LAUNCH 1\n"
 const launchWait = 5 * time.Second
 
 // isLaunch peeks at the first packet: a front-end's, or the library's.
-// It waits in poll(2) on this thread rather than in Go's poller: the
-// kernel then wakes this thread itself when the packet arrives (the
-// front-end sends it just after its connect, which woke the accept),
-// which saves a hand-over between threads in every launch.
 func isLaunch(c *net.UnixConn, timeout time.Duration) (bool, error) {
-	rc, err := c.SyscallConn()
+	lc, err := newLaunchConn(c, timeout)
 	if err != nil {
 		return false, err
 	}
 	buf := make([]byte, len(launchMagic))
-	var n int
-	var perr error
-	err = rc.Control(func(fd uintptr) {
-		deadline := time.Now().Add(timeout)
-		for {
-			left := time.Until(deadline)
-			if left <= 0 {
-				perr = os.ErrDeadlineExceeded
-				return
-			}
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if _, perr = unix.Poll(pfd, int(left.Milliseconds())+1); perr == unix.EINTR {
-				continue
-			}
-			if perr != nil {
-				return
-			}
-			n, _, perr = unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if perr != unix.EAGAIN {
-				return
-			}
-		}
-	})
-	if err == nil {
-		err = perr
-	}
+	n, err := lc.recv(buf, unix.MSG_PEEK)
 	if err != nil {
 		return false, err
 	}
@@ -136,12 +107,10 @@ func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Uc
 	}
 	defer bc.Close()
 	buf := make([]byte, 16<<10)
-	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, err := bc.recv(buf, oob)
+	n, err := bc.recv(buf, 0)
 	if err != nil {
 		return
 	}
-	closePassed(oob[:oobn])
 	req, err := parseLaunchRequest(buf[:n])
 	if err != nil {
 		d.answerLaunch(bc, preload.LaunchPlan{Action: preload.LaunchFallback, Why: err.Error()}, cred, start)
@@ -155,7 +124,7 @@ func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Uc
 	// The front-end installed the filter; it now names the listener's
 	// descriptor, which the daemon takes from it (it may make no socket
 	// call that the filter stops, and so cannot pass it itself).
-	n, _, err = bc.recv(buf, nil)
+	n, err = bc.recv(buf, 0)
 	if err != nil {
 		d.log.Warn("daemon: a launcher installed its filter but named no listener", "pid", cred.Pid, "program", req.Program, "err", err)
 		return
@@ -185,11 +154,8 @@ func (d *daemon) serveLaunch(ctx context.Context, c *net.UnixConn, cred *unix.Uc
 	d.log.Debug("daemon: launch supervised", "pid", cred.Pid, "took", time.Since(start))
 }
 
-// launchConn is a launcher's connection read in poll(2) on the
-// daemon's thread rather than in Go's poller: the kernel wakes the
-// thread itself when the front-end writes, which saves a hand-over
-// between threads at each of a launch's steps, every one of them in the
-// time the program takes to start.
+// launchConn is a launcher's connection, read on the daemon's own thread
+// (recv) with one deadline for the whole conversation.
 type launchConn struct {
 	c        *net.UnixConn
 	rc       syscall.RawConn
@@ -204,11 +170,15 @@ func newLaunchConn(c *net.UnixConn, timeout time.Duration) (*launchConn, error) 
 	return &launchConn{c: c, rc: rc, deadline: time.Now().Add(timeout)}, nil
 }
 
-// recv reads one packet, and the descriptors that came with it into oob.
-func (l *launchConn) recv(buf, oob []byte) (n, oobn int, err error) {
+// recv reads one packet (flags: MSG_PEEK to leave it there). It waits
+// in poll(2) on this thread rather than in Go's poller: the kernel then
+// wakes this thread itself when the packet arrives, which saves a
+// hand-over between threads at each step of a launch. Descriptors a peer
+// sends along are not taken: without room for them the kernel drops them.
+func (l *launchConn) recv(buf []byte, flags int) (n int, err error) {
 	cerr := l.rc.Control(func(fd uintptr) {
 		for {
-			n, oobn, _, _, err = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT)
+			n, _, err = unix.Recvfrom(int(fd), buf, flags|unix.MSG_DONTWAIT)
 			if err != unix.EAGAIN {
 				return
 			}
@@ -224,12 +194,12 @@ func (l *launchConn) recv(buf, oob []byte) (n, oobn int, err error) {
 		}
 	})
 	if cerr != nil {
-		return 0, 0, cerr
+		return 0, cerr
 	}
 	if err == nil && n == 0 {
 		err = io.EOF
 	}
-	return n, oobn, err
+	return n, err
 }
 
 // Write sends one packet; the front-end reads each answer before it
@@ -371,19 +341,4 @@ func profilesStamp(dirs []string) string {
 		}
 	}
 	return b.String()
-}
-
-// closePassed closes descriptors a peer sent along unasked.
-func closePassed(oob []byte) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return
-	}
-	for _, m := range msgs {
-		if fds, err := unix.ParseUnixRights(&m); err == nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-		}
-	}
 }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -263,7 +262,6 @@ func exitCode(err error) int {
 func TestLaunchStartsActivatedDaemon(t *testing.T) {
 	needBuild(t)
 	testutil.NeedTool(t, "curl")
-	activate := testutil.NeedTool(t, "systemd-socket-activate")
 	dir, err := os.MkdirTemp("", "ftla")
 	if err != nil {
 		t.Fatal(err)
@@ -275,32 +273,7 @@ func TestLaunchStartsActivatedDaemon(t *testing.T) {
 	os.WriteFile(filepath.Join(cfg, "funtun", "profiles", "demo.profile"), []byte(demoChain+"\n"), 0o644)
 	sock := filepath.Join(run, "funtun", "daemon.sock")
 
-	log := &testutil.LogBuffer{}
-	cmd := exec.Command(activate, "--seqpacket", "-l", sock,
-		"-E", "XDG_CONFIG_HOME="+cfg, "-E", "XDG_RUNTIME_DIR="+run, "-E", "FUNTUN_PRELOAD="+built.lib,
-		built.funtun, "--debug", "daemon")
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("log:\n%s", log.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("systemd-socket-activate made no socket:\n%s", log.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	log := activatedDaemon(t, sock, "XDG_CONFIG_HOME="+cfg, "XDG_RUNTIME_DIR="+run, "FUNTUN_PRELOAD="+built.lib)
 	if strings.Contains(log.String(), "daemon serving") {
 		t.Fatal("the daemon started before anything asked for it")
 	}

@@ -228,12 +228,3 @@ func templateSelector(t string) (funnel.Selector, error) {
 	}
 	return funnel.Selector{Profile: t}, nil
 }
-
-// selectorTemplate writes sel as a template that templateSelector reads
-// back: what the library names in the HELLOs of its later connections.
-func selectorTemplate(sel funnel.Selector) string {
-	if sel.Chain != "" {
-		return "chain=" + sel.Chain
-	}
-	return "profile=" + sel.Profile
-}

@@ -150,6 +150,13 @@ func (o *observer) responders(ap netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
+	o.serveUDP(u, func(b []byte, _ netip.AddrPort) []byte { return b })
+	return nil
+}
+
+// serveUDP answers each datagram on u with what reply makes of it (nil:
+// no answer) until u closes.
+func (o *observer) serveUDP(u *net.UDPConn, reply func(b []byte, from netip.AddrPort) []byte) {
 	o.keep(u)
 	o.goServe(func() {
 		buf := make([]byte, 64<<10)
@@ -158,10 +165,11 @@ func (o *observer) responders(ap netip.AddrPort) error {
 			if err != nil {
 				return
 			}
-			u.WriteToUDPAddrPort(buf[:n], from)
+			if r := reply(buf[:n], from); r != nil {
+				u.WriteToUDPAddrPort(r, from)
+			}
 		}
 	})
-	return nil
 }
 
 var httpMethods = []string{"GET ", "HEAD ", "POST ", "PUT ", "OPTIONS ", "DELETE ", "CONNECT "}
@@ -207,19 +215,7 @@ func (o *observer) resolver(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	o.keep(u)
-	o.goServe(func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, from, err := u.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if reply := o.answer(buf[:n], "udp", from, ap); reply != nil {
-				u.WriteToUDPAddrPort(reply, from)
-			}
-		}
-	})
+	o.serveUDP(u, func(b []byte, from netip.AddrPort) []byte { return o.answer(b, "udp", from, ap) })
 	l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
 	if err != nil {
 		return err

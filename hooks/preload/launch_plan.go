@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/funtun/funtun/funnel"
 )
 
 // A launch prepared for the launcher's front-end (preload/launch/funtun.c,
@@ -154,7 +156,7 @@ func (s *Server) PlanLaunch(req LaunchRequest) LaunchPlan {
 		// same Server. A template the library cannot hold (it keeps
 		// FT_NAME_MAX bytes) it would ignore, and the program would be
 		// left alone: a long chain='…' goes to the in-process launcher.
-		template := selectorTemplate(s)
+		template := Template(s.Selector)
 		if len(template) >= nameMax {
 			return fallback("the profile's template is longer than the library holds")
 		}
@@ -235,14 +237,16 @@ func newCachedFilter(abis []sockABI, key filterKey) (*cachedFilter, error) {
 	return f, nil
 }
 
-func selectorTemplate(s *Server) string {
-	if s.Selector.Chain != "" {
-		return "chain=" + s.Selector.Chain
+// Template writes sel as the template the library names in its HELLO
+// (FUNTUN_TEMPLATE), which the daemon reads back as the same selector.
+func Template(sel funnel.Selector) string {
+	if sel.Chain != "" {
+		return "chain=" + sel.Chain
 	}
-	if s.Selector.Profile == "" {
+	if sel.Profile == "" {
 		return "profile=direct"
 	}
-	return "profile=" + s.Selector.Profile
+	return "profile=" + sel.Profile
 }
 
 func sayString(f func(w *strings.Builder)) string {
